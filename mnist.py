@@ -1,0 +1,270 @@
+"""
+MNIST from the raw bytes: an IDX parser, a verified downloader, and the loader that
+train.py, inspect_activations.py and fid.py use.
+
+    python mnist.py                 # print the split sizes, write out/mnist_samples.png
+
+As a library:
+
+    from mnist import load_mnist
+    x_train, y_train, x_val, y_val = load_mnist('data')   # (60000, 32, 32), (60000,), ...
+
+MNIST comes as four files in the IDX format (http://yann.lecun.com/exdb/mnist/), usually
+gzip-compressed. We parse them ourselves (no torchvision): an IDX file is a tiny big-endian
+header followed by one flat array. Every file is verified by the SHA-256 of its
+*decompressed* content, so any correct copy is accepted (any mirror, any gzip header, or
+an already-decompressed file) and every corrupt one is rejected.
+
+Following the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios), the
+28x28 images are scaled to [0, 1] and padded with 2 zero pixels on each side to 32x32, so
+that three halvings of the resolution (32 -> 16 -> 8 -> 4) stay whole numbers.
+"""
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# the dataset: file names, checksums of the decompressed content, and mirrors
+# (the same values as ../shared/mnist/README.md and every public mirror)
+
+SHA256 = {
+    'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+    'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+    't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+    't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
+}
+MIRRORS = [
+    'https://ossci-datasets.s3.amazonaws.com/mnist/',  # the one torchvision tries first
+    'https://storage.googleapis.com/cvdf-datasets/mnist/',
+    'http://yann.lecun.com/exdb/mnist/',  # the original; often rate-limited or down
+]
+
+# IDX element types: the third byte of the header. All multi-byte types are big-endian.
+IDX_DTYPES = {
+    0x08: np.dtype('u1'),   # unsigned byte (MNIST images and labels)
+    0x09: np.dtype('i1'),   # signed byte
+    0x0B: np.dtype('>i2'),  # short
+    0x0C: np.dtype('>i4'),  # int
+    0x0D: np.dtype('>f4'),  # float
+    0x0E: np.dtype('>f8'),  # double
+}
+
+# -----------------------------------------------------------------------------
+# reading one IDX file
+
+def read_bytes(path):
+    """The content of a file, decompressed if its name ends in .gz."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == '.gz':
+        raw = gunzip(raw, path)
+    return raw
+
+def gunzip(raw, name):
+    """Decompress gzip bytes; a file that is not gzip or is corrupt gets one ValueError."""
+    if len(raw) == 0:
+        raise ValueError(f'{name}: the file is empty (expected gzip-compressed IDX data)')
+    if raw[:2] != b'\x1f\x8b':
+        raise ValueError(f'{name}: not a gzip file (it does not start with the gzip '
+                         f'magic bytes 1f 8b), although its name ends in .gz')
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # bad header, cut short, bad CRC, bad data
+        raise ValueError(f'{name}: corrupt gzip data ({e})') from None
+
+def parse_idx(raw, name='<bytes>'):
+    """Parse the bytes of an IDX file into a numpy array of the declared shape and dtype."""
+    # the header: 2 zero bytes, 1 byte element type, 1 byte number of dimensions
+    if len(raw) == 0:
+        raise ValueError(f'{name}: the file is empty (expected an IDX header)')
+    if len(raw) < 4:
+        raise ValueError(f'{name}: only {len(raw)} bytes, too short for the 4-byte IDX header')
+    if raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f'{name}: not an IDX file (its first two bytes are '
+                         f'{raw[0]:#04x} {raw[1]:#04x}, expected 0x00 0x00)')
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in IDX_DTYPES:
+        known = ', '.join(f'{c:#04x}' for c in IDX_DTYPES)
+        raise ValueError(f'{name}: unknown IDX element type {type_code:#04x} (expected one of {known})')
+    if ndim == 0:
+        raise ValueError(f'{name}: the IDX header declares zero dimensions')
+    # then one 32-bit big-endian size per dimension
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise ValueError(f'{name}: the IDX header declares {ndim} dimensions but the file '
+                         f'ends after {len(raw)} bytes, inside the header')
+    shape = struct.unpack(f'>{ndim}I', raw[4:header_len])
+    dtype = IDX_DTYPES[type_code]
+    # compare the declared payload with the bytes we have *before* allocating anything,
+    # so a corrupt header that claims billions of elements costs nothing
+    n = 1
+    for size in shape:
+        n *= size  # python ints: no overflow
+    expected, actual = n * dtype.itemsize, len(raw) - header_len
+    if actual < expected:
+        raise ValueError(f'{name}: truncated: the header declares shape {shape} of {dtype.name} '
+                         f'({expected:,} bytes of data) but only {actual:,} bytes follow it')
+    if actual > expected:
+        raise ValueError(f'{name}: {actual - expected:,} unexpected bytes after the '
+                         f'{expected:,} bytes of data that the header declares (shape {shape})')
+    # the data, row-major; astype makes a writable copy in the machine's byte order
+    x = np.frombuffer(raw, dtype=dtype, count=n, offset=header_len).reshape(shape)
+    return x.astype(dtype.newbyteorder('='))
+
+def read_idx(path):
+    """Read one IDX file, gzip-compressed (.gz) or raw, into a numpy array."""
+    return parse_idx(read_bytes(path), path)
+
+# -----------------------------------------------------------------------------
+# finding, downloading and verifying the four files
+
+def download(name, data_dir, mirrors=MIRRORS, sha256=None, timeout=60):
+    """Download name.gz from the first mirror that serves a verified copy; return its path.
+
+    Each attempt is written to a temporary file in data_dir and renamed only once its
+    decompressed content matches sha256, so data_dir never holds a partial or corrupt file.
+    """
+    sha256 = sha256 or SHA256[name]
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    final = data_dir / f'{name}.gz'
+    errors = []
+    for mirror in mirrors:
+        url = mirror + final.name
+        print(f'downloading {url}')
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f'.{final.name}.', suffix='.part')
+        try:
+            with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
+                f.write(r.read())
+            digest = hashlib.sha256(gunzip(Path(tmp).read_bytes(), url)).hexdigest()
+            if digest != sha256:
+                raise ValueError(f'wrong content (SHA-256 {digest}, expected {sha256})')
+            os.replace(tmp, final)
+            return final
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+            errors.append(f'  {url}: {e}')
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    files = '\n'.join(f'  {n}.gz' for n in SHA256)
+    raise RuntimeError(
+        f'could not download {final.name}:\n' + '\n'.join(errors) +
+        f'\nWithout internet, put the four MNIST files (gzip-compressed or not) into '
+        f'{data_dir.resolve()}/ yourself:\n{files}\nThey are served by:\n' +
+        '\n'.join(f'  {m}' for m in mirrors))
+
+def find_or_download(name, data_dir, mirrors=MIRRORS, sha256=None):
+    """Path of name in data_dir (as name.gz, or decompressed as name); download if absent."""
+    for path in (Path(data_dir) / f'{name}.gz', Path(data_dir) / name):
+        if path.is_file():
+            return path
+    return download(name, data_dir, mirrors, sha256)
+
+def read_verified(path, sha256):
+    """Read an IDX file and check the SHA-256 of its decompressed content first."""
+    raw = read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is '
+                         f'{digest}, expected {sha256}. The file is corrupt or not this MNIST '
+                         f'file: delete it so that it is downloaded again, or replace it.')
+    return parse_idx(raw, path)
+
+# -----------------------------------------------------------------------------
+# the dataset as the blog uses it
+
+def pad(x):
+    """(N, 28, 28) -> (N, 32, 32): 2 zero pixels on each side, as in the blog."""
+    return F.pad(x, (2, 2, 2, 2))
+
+def load_split(images_name, labels_name, data_dir, mirrors, sha256):
+    images = read_verified(find_or_download(images_name, data_dir, mirrors, sha256[images_name]),
+                           sha256[images_name])
+    labels = read_verified(find_or_download(labels_name, data_dir, mirrors, sha256[labels_name]),
+                           sha256[labels_name])
+    # the checksums already pin the content; these checks make the errors readable when
+    # someone passes their own files and checksums
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f'{images_name}: expected uint8 images of shape (N, 28, 28), '
+                         f'got {images.dtype} {images.shape}')
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f'{labels_name}: expected uint8 labels of shape (N,), '
+                         f'got {labels.dtype} {labels.shape}')
+    if len(images) != len(labels):
+        raise ValueError(f'{images_name} holds {len(images)} images but {labels_name} '
+                         f'holds {len(labels)} labels')
+    if labels.size and labels.max() > 9:
+        raise ValueError(f'{labels_name}: labels must be 0-9, found {labels.max()}')
+    x = pad(torch.from_numpy(images).float() / 255)  # (N, 32, 32) float32 in [0, 1]
+    y = torch.from_numpy(labels).long()               # (N,) int64
+    return x, y
+
+def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
+    """Return x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,).
+
+    Images are float32 pixel / 255, zero-padded from 28x28 to 32x32; labels are int64.
+    Like the blog, we use the official test set as the validation set.
+    """
+    x_train, y_train = load_split('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+                                  data_dir, mirrors, sha256)
+    x_val, y_val = load_split('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
+                              data_dir, mirrors, sha256)
+    return x_train, y_train, x_val, y_val
+
+# -----------------------------------------------------------------------------
+# writing figures without ever leaving a half-written file
+
+def save_figure(fig, path):
+    """Save a matplotlib figure as PNG via a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
+    os.replace(tmp, path)
+
+def plot_samples(x, y, path, per_digit=10, seed=0):
+    """The blog's first figure: one row per digit, random images of that digit."""
+    from matplotlib.figure import Figure  # no pyplot: nothing opens a window
+    g = torch.Generator().manual_seed(seed)
+    fig = Figure(figsize=(per_digit, 10))
+    axes = fig.subplots(10, per_digit)
+    for digit in range(10):
+        idx = torch.nonzero(y == digit).squeeze(1)               # (n_digit,)
+        pick = idx[torch.randperm(len(idx), generator=g)[:per_digit]]
+        for j, i in enumerate(pick):
+            ax = axes[digit, j]
+            ax.imshow(x[i], cmap='gray', vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[digit, 0].set_ylabel(str(digit), rotation=0, labelpad=12, fontsize=14)
+    save_figure(fig, path)
+
+# -----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
+    parser.add_argument('--out-dir', default='out', help='folder for the figure')
+    parser.add_argument('--seed', type=int, default=0, help='which random digits to plot')
+    args = parser.parse_args()
+    print(vars(args))
+
+    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
+    print(f'train: x {tuple(x_train.shape)} {x_train.dtype}, y {tuple(y_train.shape)} {y_train.dtype}')
+    print(f'val:   x {tuple(x_val.shape)} {x_val.dtype}, y {tuple(y_val.shape)} {y_val.dtype}')
+    print('train images per digit:', torch.bincount(y_train, minlength=10).tolist())
+    print('val images per digit:  ', torch.bincount(y_val, minlength=10).tolist())
+    path = Path(args.out_dir) / 'mnist_samples.png'
+    plot_samples(x_val, y_val, path, seed=args.seed)
+    print(f'wrote {path}')

@@ -1,0 +1,95 @@
+"""
+The MNIST classifier of the blog post "Latent Diffusion Series: MNIST Classifier"
+(Nick Tasios), layer for layer, plus the 128-d feature vector that the blog histograms and
+that fid.py uses to score generated digits.
+
+    from model import Classifier, load_classifier
+    model = Classifier()
+    logits = model(x)             # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
+    f = model.features(x)         # (B, 128): last convolution before its ReLU, pooled
+
+A LeNet-like CNN: three 3x3 convolutions with ReLU, each followed by a pooling that
+halves (max) or quarters (average) the resolution, then dropout and one linear layer.
+
+Parameter count: the blog's text says 16,554 parameters, but the code it prints has
+80 + 1,168 + 4,640 + 1,290 = 7,178, and no choice of widths or kernel sizes that keeps its
+layer list and its 8x16x16 / 16x8x8 / 32x2x2 shapes gives 16,554. We follow the printed
+code, so this model has 7,178 parameters.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Classifier(nn.Module):
+
+    def __init__(self, dropout=0.5):
+        super().__init__()
+        # one Sequential, so that the blog's layer indices hold: the pooling outputs it
+        # plots are layers[2], layers[5] and layers[8]; the last convolution is layers[6]
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
+            nn.ReLU(),                             # 1
+            nn.MaxPool2d(2),                       # 2: (B, 8, 16, 16)   level 0
+            nn.Conv2d(8, 16, 3, padding='same'),   # 3: (B, 16, 16, 16)  8*16*9 + 16 = 1,168
+            nn.ReLU(),                             # 4
+            nn.MaxPool2d(2),                       # 5: (B, 16, 8, 8)    level 1
+            nn.Conv2d(16, 32, 3, padding='same'),  # 6: (B, 32, 8, 8)    16*32*9 + 32 = 4,640
+            nn.ReLU(),                             # 7
+            nn.AvgPool2d(4),                       # 8: (B, 32, 2, 2)    level 2
+            nn.Flatten(),                          # 9: (B, 128)
+            nn.Dropout(dropout),                   # 10
+            nn.Linear(128, 10),                    # 11: (B, 10)         128*10 + 10 = 1,290
+        )
+
+    def forward(self, x):
+        # x: (B, 1, 32, 32) -> logits (B, 10); softmax lives in the cross-entropy loss
+        return self.layers(x)
+
+    def features(self, x, after_relu=False):
+        """The blog's 128-d feature vector of a batch x (B, 1, 32, 32) -> (B, 128).
+
+        By default the output of the last convolution *before* its ReLU, average-pooled 4x4
+        and flattened: the blog takes it there because the ReLU would clip every negative
+        value to zero and the Fréchet distance assumes roughly normal features. With
+        after_relu=True it is the input of the final linear layer instead.
+        """
+        h = self.layers[:7](x)       # (B, 32, 8, 8): up to and including the last conv
+        if after_relu:
+            h = F.relu(h)
+        h = F.avg_pool2d(h, 4)       # (B, 32, 2, 2)
+        return h.flatten(1)          # (B, 128)
+
+
+def get_device(name='auto'):
+    """'auto' picks cuda, then mps, then cpu; any other name is passed to torch as is."""
+    if name != 'auto':
+        return name
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def load_classifier(path, device='cpu'):
+    """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path}: no such checkpoint; run python train.py first') from None
+    except Exception as e:  # not a zip/pickle file, or holds objects weights_only refuses
+        raise ValueError(f'{path}: not a checkpoint written by train.py ({e})') from None
+    if not isinstance(ckpt, dict) or 'model' not in ckpt:
+        raise ValueError(f'{path}: not a checkpoint written by train.py (no "model" entry)')
+    model = Classifier().to(device)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt['model'].items()}
+    if got != expected:
+        diff = sorted(set(got.items()) ^ set(expected.items()))
+        raise ValueError(f'{path}: its weights do not fit model.Classifier '
+                         f'(mismatched entries, name and shape: {diff[:6]})')
+    model.load_state_dict(ckpt['model'])
+    model.eval()
+    return model, ckpt
