@@ -243,7 +243,7 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
         pick = idx[torch.randperm(len(idx), generator=g)[:per_digit]]
         for j, i in enumerate(pick):
             ax = axes[digit, j]
-            ax.imshow(x[i], cmap='gray', vmin=0, vmax=1)
+            ax.imshow(x[i].numpy(), cmap='gray', vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
         axes[digit, 0].set_ylabel(str(digit), rotation=0, labelpad=12, fontsize=14)
     save_figure(fig, path)

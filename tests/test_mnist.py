@@ -1,0 +1,305 @@
+"""
+Tests for mnist.py: the IDX parser on files the tests write, every kind of bad file, the
+verified download against a local HTTP server, and the real MNIST files in data/.
+"""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import socket
+import struct
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mnist
+
+# -----------------------------------------------------------------------------
+# writing IDX files, independently of mnist.py
+
+TYPE_CODES = {'u1': 0x08, 'i1': 0x09, 'i2': 0x0B, 'i4': 0x0C, 'f4': 0x0D, 'f8': 0x0E}
+
+def idx_bytes(x):
+    """The IDX encoding of array x: zero, zero, type code, ndim, big-endian sizes, data."""
+    code = TYPE_CODES[x.dtype.str[1:]]
+    header = bytes([0, 0, code, x.ndim]) + struct.pack(f'>{x.ndim}I', *x.shape)
+    return header + x.astype(x.dtype.newbyteorder('>')).tobytes()
+
+def write(path, raw, gz=None):
+    path = Path(path)
+    gz = path.suffix == '.gz' if gz is None else gz
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+# -----------------------------------------------------------------------------
+# round trips
+
+@pytest.mark.parametrize('dtype', ['u1', 'i1', '<i2', '<i4', '<f4', '<f8'])
+@pytest.mark.parametrize('suffix', ['', '.gz'])
+def test_round_trip_every_type(tmp_path, dtype, suffix):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 4, 5)) * 100).astype(dtype)
+    path = write(tmp_path / f'x-idx3{suffix}', idx_bytes(x))
+    y = mnist.read_idx(path)
+    assert y.shape == x.shape and y.dtype == np.dtype(dtype).newbyteorder('=')
+    np.testing.assert_array_equal(y, x)
+    y[0, 0, 0] = 1  # a writable array, not a view of the file's bytes
+
+@pytest.mark.parametrize('shape', [(7,), (2, 3), (2, 1, 3, 2), (1, 1, 1, 1, 2)])
+def test_round_trip_any_number_of_dimensions(tmp_path, shape):
+    x = np.arange(np.prod(shape), dtype='>i4').reshape(shape) - 3
+    y = mnist.read_idx(write(tmp_path / 'x.gz', idx_bytes(x)))
+    assert y.shape == shape
+    np.testing.assert_array_equal(y, x)
+
+def test_big_endian_is_decoded(tmp_path):
+    # 0x0102 as a big-endian short is 258, not 513
+    raw = bytes([0, 0, 0x0B, 1]) + struct.pack('>I', 1) + b'\x01\x02'
+    assert mnist.read_idx(write(tmp_path / 'x', raw))[0] == 258
+
+# -----------------------------------------------------------------------------
+# bad files: one ValueError that names the file
+
+GOOD = idx_bytes(np.arange(12, dtype='u1').reshape(3, 4))
+
+BAD = {
+    'first two bytes': (b'\x00\x01' + GOOD[2:], 'first two bytes'),
+    'unknown type': (GOOD[:2] + b'\x0a' + GOOD[3:], 'unknown IDX element type 0x0a'),
+    'zero dimensions': (bytes([0, 0, 8, 0]), 'zero dimensions'),
+    'header cut short': (GOOD[:6], 'inside the header'),
+    'truncated payload': (GOOD[:-1], 'truncated'),
+    'trailing bytes': (GOOD + b'\x00\x00', '2 unexpected bytes'),
+    'empty': (b'', 'empty'),
+    'too short': (b'\x00\x00', 'too short'),
+}
+
+@pytest.mark.parametrize('case', BAD)
+@pytest.mark.parametrize('suffix', ['', '.gz'])
+def test_bad_idx_file(tmp_path, case, suffix):
+    raw, message = BAD[case]
+    path = write(tmp_path / f'bad{suffix}', raw)
+    with pytest.raises(ValueError, match=message) as e:
+        mnist.read_idx(path)
+    assert str(path) in str(e.value)
+
+def test_gz_that_is_not_gzip(tmp_path):
+    path = write(tmp_path / 'x.gz', GOOD, gz=False)
+    with pytest.raises(ValueError, match='not a gzip file') as e:
+        mnist.read_idx(path)
+    assert str(path) in str(e.value)
+
+def test_empty_gz(tmp_path):
+    path = write(tmp_path / 'x.gz', b'', gz=False)
+    with pytest.raises(ValueError, match='empty') as e:
+        mnist.read_idx(path)
+    assert str(path) in str(e.value)
+
+@pytest.mark.parametrize('corrupt', ['cut short', 'flipped byte'])
+def test_corrupt_gzip(tmp_path, corrupt):
+    data = bytearray(gzip.compress(idx_bytes(np.arange(1000, dtype='u1'))))
+    if corrupt == 'cut short':
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF  # breaks the deflate stream or the CRC
+    path = write(tmp_path / 'x.gz', bytes(data), gz=False)
+    with pytest.raises(ValueError, match='corrupt gzip') as e:
+        mnist.read_idx(path)
+    assert str(path) in str(e.value)
+
+def test_huge_declared_shape_allocates_nothing(tmp_path):
+    # a 28-byte file whose header claims 1000 x 1000 x 1000 bytes (1 GB) of data
+    raw = bytes([0, 0, 8, 3]) + struct.pack('>3I', 1000, 1000, 1000) + b'\x00' * 12
+    path = write(tmp_path / 'huge.gz', raw)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match='truncated') as e:
+        mnist.read_idx(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(path) in str(e.value)
+    assert peak < 10_000_000, f'parsing a bad header allocated {peak:,} bytes'
+
+# -----------------------------------------------------------------------------
+# load_mnist on small files the test writes (with their own checksums)
+
+NAMES = list(mnist.SHA256)
+
+def write_fake_mnist(folder, n_train=6, n_val=4, labels=None):
+    """Four small MNIST-shaped IDX files; returns their SHA-256 dict."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        NAMES[0]: rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        NAMES[1]: np.arange(n_train, dtype=np.uint8) % 10 if labels is None else labels,
+        NAMES[2]: rng.integers(0, 256, (n_val, 28, 28), dtype=np.uint8),
+        NAMES[3]: np.arange(n_val, dtype=np.uint8) % 10,
+    }
+    sha = {}
+    for name, x in arrays.items():
+        raw = idx_bytes(x)
+        write(Path(folder) / f'{name}.gz', raw)
+        sha[name] = hashlib.sha256(raw).hexdigest()
+    return sha, arrays
+
+def test_load_mnist_scales_and_pads(tmp_path):
+    sha, arrays = write_fake_mnist(tmp_path)
+    x_train, y_train, x_val, y_val = mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+    assert x_train.shape == (6, 32, 32) and x_val.shape == (4, 32, 32)
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    expected = np.zeros((6, 32, 32), np.float32)
+    expected[:, 2:30, 2:30] = arrays[NAMES[0]] / np.float32(255)
+    np.testing.assert_array_equal(x_train.numpy(), expected)
+    np.testing.assert_array_equal(y_val.numpy(), arrays[NAMES[3]])
+
+def test_load_mnist_accepts_decompressed_files(tmp_path):
+    sha, arrays = write_fake_mnist(tmp_path)
+    for name in NAMES:  # replace every .gz by its decompressed content
+        gz = tmp_path / f'{name}.gz'
+        (tmp_path / name).write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    x_train, *_ = mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+    assert x_train.shape == (6, 32, 32)
+
+def test_load_mnist_wrong_content_says_delete(tmp_path):
+    sha, _ = write_fake_mnist(tmp_path)
+    sha[NAMES[2]] = '0' * 64
+    with pytest.raises(ValueError, match='delete it') as e:
+        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+    assert NAMES[2] in str(e.value)
+
+def test_load_mnist_count_mismatch(tmp_path):
+    sha, _ = write_fake_mnist(tmp_path, labels=np.zeros(5, np.uint8))
+    with pytest.raises(ValueError, match='6 images but .* 5 labels'):
+        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+
+def test_load_mnist_label_out_of_range(tmp_path):
+    sha, _ = write_fake_mnist(tmp_path, labels=np.array([0, 1, 2, 3, 4, 10], np.uint8))
+    with pytest.raises(ValueError, match='labels must be 0-9, found 10'):
+        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+
+# -----------------------------------------------------------------------------
+# downloading, against a local http.server the test starts
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve tmp_path/'served' on 127.0.0.1; yields (folder, base url)."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f'http://127.0.0.1:{httpd.server_address[1]}/'
+    httpd.shutdown()
+    httpd.server_close()
+
+def closed_port_url():
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return f'http://127.0.0.1:{port}/'
+
+TINY = idx_bytes(np.arange(10, dtype='u1'))
+TINY_SHA = hashlib.sha256(TINY).hexdigest()
+
+def test_download_good_file_is_verified_and_kept(server, tmp_path):
+    served, url = server
+    write(served / 'tiny-idx1-ubyte.gz', TINY)
+    data_dir = tmp_path / 'data'
+    path = mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
+    assert path == data_dir / 'tiny-idx1-ubyte.gz'
+    assert sorted(p.name for p in data_dir.iterdir()) == ['tiny-idx1-ubyte.gz']  # no temp files
+    np.testing.assert_array_equal(mnist.read_idx(path), np.arange(10))
+
+def test_download_corrupt_file_leaves_nothing(server, tmp_path):
+    served, url = server
+    write(served / 'tiny-idx1-ubyte.gz', TINY[:-1] + b'\x63')  # one byte differs
+    data_dir = tmp_path / 'data'
+    with pytest.raises(RuntimeError, match='wrong content'):
+        mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
+    assert list(data_dir.iterdir()) == []
+
+def test_download_not_gzip_leaves_nothing(server, tmp_path):
+    served, url = server
+    write(served / 'tiny-idx1-ubyte.gz', b'<html>not found</html>', gz=False)
+    data_dir = tmp_path / 'data'
+    with pytest.raises(RuntimeError, match='not a gzip file'):
+        mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
+    assert list(data_dir.iterdir()) == []
+
+def test_download_falls_through_to_next_mirror(server, tmp_path):
+    served, url = server
+    write(served / 'tiny-idx1-ubyte.gz', TINY)
+    empty = tmp_path / 'served' / 'empty'  # a mirror that answers 404
+    empty.mkdir()
+    mirrors = [closed_port_url(), url + 'empty/', url]
+    path = mnist.download('tiny-idx1-ubyte', tmp_path / 'data', mirrors=mirrors, sha256=TINY_SHA)
+    np.testing.assert_array_equal(mnist.read_idx(path), np.arange(10))
+
+def test_no_network_error_tells_what_to_do(tmp_path):
+    mirrors = [closed_port_url(), closed_port_url()]
+    with pytest.raises(RuntimeError) as e:
+        mnist.load_mnist(tmp_path / 'data', mirrors=mirrors)
+    message = str(e.value)
+    for name in NAMES:
+        assert f'{name}.gz' in message
+    for m in mirrors:
+        assert m in message
+    assert str((tmp_path / 'data').resolve()) in message
+    assert list((tmp_path / 'data').iterdir()) == []
+
+def test_load_mnist_downloads_missing_files(server, tmp_path):
+    served, url = server
+    sha, arrays = write_fake_mnist(served)
+    x_train, y_train, x_val, y_val = mnist.load_mnist(tmp_path / 'data', mirrors=[url], sha256=sha)
+    assert x_train.shape == (6, 32, 32) and len(y_val) == 4
+    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == sorted(f'{n}.gz' for n in NAMES)
+
+# -----------------------------------------------------------------------------
+# the real MNIST files (CI copies them into data/; a user's first run downloads them)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / 'data'
+
+@pytest.fixture(scope='module')
+def real():
+    try:
+        return mnist.load_mnist(DATA_DIR)
+    except RuntimeError as e:
+        pytest.fail(f'these tests need the four real MNIST files in {DATA_DIR} '
+                    f'(copy them from ../shared/mnist/ or let mnist.py download them):\n{e}')
+
+def test_real_shapes_and_dtypes(real):
+    x_train, y_train, x_val, y_val = real
+    assert x_train.shape == (60000, 32, 32) and y_train.shape == (60000,)
+    assert x_val.shape == (10000, 32, 32) and y_val.shape == (10000,)
+    assert x_train.dtype == x_val.dtype == torch.float32
+    assert y_train.dtype == y_val.dtype == torch.int64
+
+def test_real_value_range_and_zero_border(real):
+    for x in real[0], real[2]:
+        assert x.min() == 0 and x.max() == 1
+        assert (x[:, :2] == 0).all() and (x[:, -2:] == 0).all()
+        assert (x[:, :, :2] == 0).all() and (x[:, :, -2:] == 0).all()
+
+def test_real_images_per_class(real):
+    # the well-known class counts of MNIST
+    assert torch.bincount(real[1]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(real[3]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+def test_real_pixels_match_the_raw_bytes(real):
+    # an independent decode of the first and last test image: skip the 16-byte header
+    path = next(p for p in (DATA_DIR / 't10k-images-idx3-ubyte.gz', DATA_DIR / 't10k-images-idx3-ubyte')
+                if p.exists())
+    raw = path.read_bytes()
+    raw = gzip.decompress(raw) if path.suffix == '.gz' else raw
+    pixels = np.frombuffer(raw, np.uint8, offset=16).reshape(10000, 28, 28)
+    for i in (0, 9999):
+        np.testing.assert_array_equal((real[2][i, 2:30, 2:30] * 255).round().numpy(), pixels[i])
