@@ -317,7 +317,10 @@ def main(argv=None):
         parser.error('--save-stats needs exactly one input')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    args.device = get_device(args.device)
+    try:
+        args.device = get_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
 
     try:
         model, _ = load_classifier(args.checkpoint, args.device)

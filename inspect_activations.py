@@ -134,7 +134,10 @@ def main(argv=None):
                              "fraction of the level's largest")
     parser.add_argument('--out-dir', default='out', help='folder for the figures')
     args = parser.parse_args(argv)
-    args.device = get_device(args.device)
+    try:
+        args.device = get_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     print(vars(args))
     t0 = time.perf_counter()
 

@@ -63,14 +63,22 @@ class Classifier(nn.Module):
 
 
 def get_device(name='auto'):
-    """'auto' picks cuda, then mps, then cpu; any other name is passed to torch as is."""
-    if name != 'auto':
-        return name
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
+    """'auto' picks cuda, then mps, then cpu. Any other name must be a device torch has here."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f'--device {name!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)') from None
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU')
+    if kind == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f'--device {name}: MPS is not available on this machine')
+    return name
 
 
 def load_classifier(path, device='cpu'):

@@ -197,7 +197,10 @@ if __name__ == '__main__':
             parser.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not args.lr > 0:
         parser.error(f'--lr must be positive, got {args.lr}')
-    args.device = get_device(args.device)
+    try:
+        args.device = get_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     print(vars(args))
 
     # the data: decoded and verified on the host, then copied to the device once

@@ -70,6 +70,11 @@ def test_post_relu_features_are_the_input_of_the_linear_layer():
 def test_get_device():
     assert get_device('cpu') == 'cpu'
     assert get_device('auto') in ('cuda', 'mps', 'cpu')
+    with pytest.raises(ValueError, match="'gpu' is not a torch device"):
+        get_device('gpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='sees no CUDA GPU'):
+            get_device('cuda:0')
 
 def test_load_classifier_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='run python train.py first'):
