@@ -88,8 +88,9 @@ def feature_statistics(model, x, batch_size=1000, after_relu=False):
 
     x is (N, 1, 32, 32) on any device; batches go to the model's device one at a time and
     only the running sums are kept, so memory stays bounded whatever N is. The sums are
-    taken around the first image's features (a shift that changes nothing in the maths but
-    keeps sum(f f^T) - N mu mu^T from cancelling catastrophically).
+    float64 on the CPU (MPS has no float64), taken around the first image's features: a
+    shift that changes nothing in the maths but keeps sum(f f^T) - N mu mu^T from
+    cancelling catastrophically when the mean is large next to the spread.
     """
     N = len(x)
     if N < 2:
@@ -99,18 +100,19 @@ def feature_statistics(model, x, batch_size=1000, after_relu=False):
     model.eval()
     shift = s1 = s2 = None
     for i in range(0, N, batch_size):
-        f = model.features(x[i:i + batch_size].to(device), after_relu=after_relu).double()  # (B, D)
+        f = model.features(x[i:i + batch_size].to(device), after_relu=after_relu)  # (B, D)
+        f = f.cpu().double()
         if shift is None:
             shift = f[0].clone()
             s1 = torch.zeros_like(shift)                              # (D,)   sum of f - shift
-            s2 = torch.zeros(len(shift), len(shift), dtype=torch.float64, device=device)  # (D, D)
+            s2 = torch.zeros(len(shift), len(shift), dtype=torch.float64)  # (D, D) sum of outer products
         f = f - shift
         s1 += f.sum(0)
         s2 += f.T @ f
     model.train(was_training)
     m = s1 / N                                                        # mean of f - shift
     sigma = (s2 - N * torch.outer(m, m)) / (N - 1)                    # unbiased, like np.cov
-    return (m + shift).cpu().numpy(), sigma.cpu().numpy()
+    return (m + shift).numpy(), sigma.numpy()
 
 # -----------------------------------------------------------------------------
 # images and statistics files

@@ -35,18 +35,18 @@ LEVELS = (2, 5, 8)  # indices of the pooling layers in model.layers, as in the b
 @torch.no_grad()
 def mean_activations(model, x, y, layers=LEVELS, batch_size=1000):
     """{layer index: (10, C, H, W) mean output of model.layers[index] per digit}."""
-    sums, counts = {}, torch.bincount(y, minlength=10).double()   # (10,)
+    sums, counts = {}, torch.bincount(y.cpu(), minlength=10).double()   # (10,) images per digit
     for i in range(0, len(x), batch_size):
         h, yb = x[i:i + batch_size], y[i:i + batch_size]             # (B, 1, 32, 32), (B,)
         # run the layers in order, keeping the outputs we want
         for j, layer in enumerate(model.layers[:max(layers) + 1]):
             h = layer(h)
             if j in layers:
-                if j not in sums:
-                    sums[j] = torch.zeros(10, *h.shape[1:], dtype=torch.float64, device=h.device)
-                sums[j].index_add_(0, yb, h.double())                 # add each image to its digit's row
+                if j not in sums:  # float64 on the CPU: exact enough, and MPS has no float64
+                    sums[j] = torch.zeros(10, *h.shape[1:], dtype=torch.float64)
+                sums[j].index_add_(0, yb.cpu(), h.cpu().double())    # add each image to its digit's row
     assert (counts > 0).all(), 'every digit needs at least one image'
-    return {j: (s / counts.to(s.device).view(10, 1, 1, 1)).float().cpu() for j, s in sums.items()}
+    return {j: (s / counts.view(10, 1, 1, 1)).float() for j, s in sums.items()}
 
 def dead_channels(maps, threshold=0.01):
     """Channels whose spatial mean stays below threshold x the level's largest one, for every digit."""
