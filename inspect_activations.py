@@ -143,10 +143,10 @@ def main(argv=None):
 
     try:
         model, ckpt = load_classifier(args.checkpoint, args.device)
-    except (FileNotFoundError, ValueError) as e:
+        _, _, x_val, y_val = load_mnist(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint, a bad one, or no data
         parser.exit(1, f'error: {e}\n')
     print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}, val acc {100 * ckpt.get("val_acc", float("nan")):.2f}%)')
-    _, _, x_val, y_val = load_mnist(args.data_dir)
     x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
     # 1. and 2.: mean maps per digit at each level, and the channels that never fire

@@ -157,7 +157,7 @@ def download(name, data_dir, mirrors=MIRRORS, sha256=None, timeout=60):
             if os.path.exists(tmp):
                 os.remove(tmp)
     files = '\n'.join(f'  {n}.gz' for n in SHA256)
-    raise RuntimeError(
+    raise FileNotFoundError(
         f'could not download {final.name}:\n' + '\n'.join(errors) +
         f'\nWithout internet, put the four MNIST files (gzip-compressed or not) into '
         f'{data_dir.resolve()}/ yourself:\n{files}\nThey are served by:\n' +
@@ -172,7 +172,10 @@ def find_or_download(name, data_dir, mirrors=MIRRORS, sha256=None):
 
 def read_verified(path, sha256):
     """Read an IDX file and check the SHA-256 of its decompressed content first."""
-    raw = read_bytes(path)
+    try:
+        raw = read_bytes(path)
+    except ValueError as e:  # not gzip, or corrupt gzip
+        raise ValueError(f'{e}. Delete it so that it is downloaded again, or replace it.') from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != sha256:
         raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is '
@@ -260,7 +263,10 @@ if __name__ == '__main__':
     args = parser.parse_args()
     print(vars(args))
 
-    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
+    try:
+        x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # no files and no network, or a bad file
+        parser.exit(1, f'error: {e}\n')
     print(f'train: x {tuple(x_train.shape)} {x_train.dtype}, y {tuple(y_train.shape)} {y_train.dtype}')
     print(f'val:   x {tuple(x_val.shape)} {x_val.dtype}, y {tuple(y_val.shape)} {y_val.dtype}')
     print('train images per digit:', torch.bincount(y_train, minlength=10).tolist())

@@ -205,7 +205,10 @@ if __name__ == '__main__':
 
     # the data: decoded and verified on the host, then copied to the device once
     torch.manual_seed(args.seed)
-    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)  # (60000, 32, 32), (60000,), ...
+    try:
+        x_train, y_train, x_val, y_val = load_mnist(args.data_dir)  # (60000, 32, 32), (60000,), ...
+    except (FileNotFoundError, ValueError) as e:  # no files and no network, or a bad file
+        parser.exit(1, f'error: {e}\n')
     if args.compare_blog_loop:
         compare_loops(x_train, y_train, args.batch_size, args.lr, args.device, args.compare_blog_loop)
         sys.exit(0)

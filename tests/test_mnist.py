@@ -170,6 +170,14 @@ def test_load_mnist_wrong_content_says_delete(tmp_path):
         mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
     assert NAMES[2] in str(e.value)
 
+def test_load_mnist_corrupt_gzip_says_delete(tmp_path):
+    sha, _ = write_fake_mnist(tmp_path)
+    path = tmp_path / f'{NAMES[1]}.gz'
+    path.write_bytes(path.read_bytes()[:-9])  # cut short, as an interrupted copy would be
+    with pytest.raises(ValueError, match='corrupt gzip.*Delete it') as e:
+        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
+    assert str(path) in str(e.value)
+
 def test_load_mnist_count_mismatch(tmp_path):
     sha, _ = write_fake_mnist(tmp_path, labels=np.zeros(5, np.uint8))
     with pytest.raises(ValueError, match='6 images but .* 5 labels'):
@@ -223,7 +231,7 @@ def test_download_corrupt_file_leaves_nothing(server, tmp_path):
     served, url = server
     write(served / 'tiny-idx1-ubyte.gz', TINY[:-1] + b'\x63')  # one byte differs
     data_dir = tmp_path / 'data'
-    with pytest.raises(RuntimeError, match='wrong content'):
+    with pytest.raises(FileNotFoundError, match='wrong content'):
         mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
     assert list(data_dir.iterdir()) == []
 
@@ -231,7 +239,7 @@ def test_download_not_gzip_leaves_nothing(server, tmp_path):
     served, url = server
     write(served / 'tiny-idx1-ubyte.gz', b'<html>not found</html>', gz=False)
     data_dir = tmp_path / 'data'
-    with pytest.raises(RuntimeError, match='not a gzip file'):
+    with pytest.raises(FileNotFoundError, match='not a gzip file'):
         mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
     assert list(data_dir.iterdir()) == []
 
@@ -246,7 +254,7 @@ def test_download_falls_through_to_next_mirror(server, tmp_path):
 
 def test_no_network_error_tells_what_to_do(tmp_path):
     mirrors = [closed_port_url(), closed_port_url()]
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(FileNotFoundError) as e:
         mnist.load_mnist(tmp_path / 'data', mirrors=mirrors)
     message = str(e.value)
     for name in NAMES:
@@ -272,7 +280,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / 'data'
 def real():
     try:
         return mnist.load_mnist(DATA_DIR)
-    except RuntimeError as e:
+    except FileNotFoundError as e:
         pytest.fail(f'these tests need the four real MNIST files in {DATA_DIR} '
                     f'(copy them from ../shared/mnist/ or let mnist.py download them):\n{e}')
 
