@@ -191,6 +191,7 @@ def pad(x):
     return F.pad(x, (2, 2, 2, 2))
 
 def load_split(images_name, labels_name, data_dir, mirrors, sha256):
+    """One split: verified images and labels -> x (N, 32, 32) float32, y (N,) int64."""
     images = read_verified(find_or_download(images_name, data_dir, mirrors, sha256[images_name]),
                            sha256[images_name])
     labels = read_verified(find_or_download(labels_name, data_dir, mirrors, sha256[labels_name]),
