@@ -191,7 +191,7 @@ def load_stats(path):
 def file_sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-def train_statistics(model, args):
+def train_statistics(model, args, x_train=None):
     """The training set's statistics, cached in out/ and tied to the checkpoint's bytes."""
     path = Path(args.out_dir) / f'train_stats_{args.features}.npz'
     ckpt_sha = file_sha256(args.checkpoint)
@@ -200,7 +200,8 @@ def train_statistics(model, args):
         if meta.get('checkpoint_sha256') == ckpt_sha:
             return mu, sigma
         print(f'{path} came from another checkpoint: recomputing')
-    x_train = load_mnist(args.data_dir)[0][:, None]                   # (60000, 1, 32, 32)
+    if x_train is None:
+        x_train = load_mnist(args.data_dir)[0][:, None]               # (60000, 1, 32, 32)
     mu, sigma = feature_statistics(model, x_train, args.batch_size, args.features == 'post')
     save_stats(path, mu, sigma, checkpoint_sha256=ckpt_sha, features=args.features, n=len(x_train))
     print(f'wrote {path}')
@@ -257,15 +258,19 @@ def plot_fid_vs_noise(sigmas, fids, baseline, path):
     save_figure(fig, path)
 
 def reference_table(model, args):
+    """Print the FID of known sets of images against the training set, like the final post's
+    table; draw the corruption figures; measure the small-sample floor of the FID."""
     g = torch.Generator().manual_seed(args.seed)
-    post = args.features == 'post'
     x_train, _, x_val, _ = load_mnist(args.data_dir)
     x_train, x_val = x_train[:, None], x_val[:, None]                 # (N, 1, 32, 32)
-    mu_t, sigma_t = train_statistics(model, args)
-    fid = lambda x: frechet_distance(*feature_statistics(model, x, args.batch_size, post), mu_t, sigma_t)
-    rows = [('validation set (10,000) vs train', fid(x_val), '0.30')]
+    stats = lambda x: feature_statistics(model, x, args.batch_size, args.features == 'post')
+    mu_t, sigma_t = train_statistics(model, args, x_train)
+    fid = lambda x: frechet_distance(*stats(x), mu_t, sigma_t)        # FID against the training set
+    # the real validation digits: the best a generator of this many images could hope for
+    mu_v, sigma_v = stats(x_val)
+    rows = [('validation set (10,000) vs train', frechet_distance(mu_v, sigma_v, mu_t, sigma_t), '0.30')]
     # pure noise with the mean and standard deviation of the training digits' pixels
-    digits = x_train[..., 2:30, 2:30]
+    digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28) unpadded
     noise = digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g)
     rows.append((f'Gaussian noise (mean {digits.mean():.3f}, std {digits.std():.3f}) vs train',
                  fid(pad(noise)), '48.43'))
@@ -273,7 +278,7 @@ def reference_table(model, args):
     sigmas = [0.05, 0.1, 0.2, 0.5, 1.0]
     fids = [fid(corrupt(x_val, s, g)) for s in sigmas]
     rows += [(f'validation + noise sigma {s:g} vs train', f, '') for s, f in zip(sigmas, fids)]
-    mu_v, sigma_v = feature_statistics(model, x_val, args.batch_size, post)
+    # and a sanity check: a set against itself is at distance 0
     rows.append(('validation set vs itself', frechet_distance(mu_v, sigma_v, mu_v, sigma_v), '0'))
     print(f'\n| {"compared":<50} | {"FID":>8} | final post |')
     print(f'|{"-" * 52}|{"-" * 10}|------------|')
@@ -283,17 +288,13 @@ def reference_table(model, args):
     plot_corruption(x_val[:6], sigmas, out / 'mnist_corruption.png', g)
     plot_fid_vs_noise(sigmas, fids, rows[0][1], out / 'fid_vs_noise.png')
     print(f'\nwrote {out / "mnist_corruption.png"} and {out / "fid_vs_noise.png"}')
-    # how many images a stable number needs: two disjoint random halves of the training set
+    # how many images a stable number needs: two disjoint random sets of N training digits
+    # come from the same distribution, so all of their FID is small-sample bias
     print('\nFID between two disjoint random subsets of the training set (the floor for N images):')
     perm = torch.randperm(len(x_train), generator=g)
     for n in (50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000):
         a, b = x_train[perm[:n]], x_train[perm[n:2 * n]]
-        print(f'N {n:6d} | FID {fid_between(model, a, b, args):8.3f}')
-
-def fid_between(model, a, b, args):
-    post = args.features == 'post'
-    return frechet_distance(*feature_statistics(model, a, args.batch_size, post),
-                            *feature_statistics(model, b, args.batch_size, post))
+        print(f'N {n:6d} | FID {frechet_distance(*stats(a), *stats(b)):8.3f}')
 
 # -----------------------------------------------------------------------------
 
