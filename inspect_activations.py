@@ -134,6 +134,8 @@ def main(argv=None):
                              "fraction of the level's largest")
     parser.add_argument('--out-dir', default='out', help='folder for the figures')
     args = parser.parse_args(argv)
+    if not 0 <= args.dead_threshold < 1:
+        parser.error(f'--dead-threshold must be a fraction in [0, 1), got {args.dead_threshold}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:
