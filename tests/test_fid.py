@@ -265,3 +265,14 @@ def test_cli_bad_input_and_few_images(setup, capsys):
     np.save(tmp_path / 'few.npy', np.random.default_rng(0).uniform(0, 1, (20, 28, 28)))
     r = run_fid(tmp_path, tmp_path / 'few.npy', tmp_path / 'a.npy', capsys=capsys)
     assert r.returncode == 0 and 'rank-deficient' in r.stderr
+
+@pytest.mark.parametrize('argv, message', [
+    (['a.npy', 'b.npy', 'c.npy'], 'give at most two inputs, got 3'),
+    (['a.npy', 'b.npy', '--save-stats', 's.npz'], '--save-stats needs exactly one input'),
+    (['a.npy', '--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+    (['a.npy', '--device', 'gpu'], "'gpu' is not a torch device"),
+])
+def test_cli_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        fid.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -87,3 +87,9 @@ def test_script_end_to_end(tmp_path, capsys):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ['activations_level0.png', 'activations_level1.png', 'activations_level2.png',
                        'c.pt', 'feature_histograms.png']
+
+def test_bad_dead_threshold(capsys):
+    with pytest.raises(SystemExit) as e:
+        inspect_activations.main(['--dead-threshold', '1.5'])
+    assert e.value.code == 2
+    assert '--dead-threshold must be a fraction in [0, 1), got 1.5' in capsys.readouterr().err

@@ -90,3 +90,6 @@ def test_cli_rejects_bad_arguments():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert '--epochs must be at least 1, got 0' in result.stderr
+    result = subprocess.run([sys.executable, 'train.py', '--lr', '-1'], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and '--lr must be positive, got -1.0' in result.stderr
