@@ -3,10 +3,11 @@ Train the blog's MNIST classifier from the raw IDX bytes, with a hand-written lo
 
     python train.py                        # 100 epochs, as in the blog (device: auto)
     python train.py --device cpu --epochs 10
+    python train.py --resume --epochs 150  # continue out/classifier.pt up to epoch 150
     python train.py --compare-blog-loop 3  # time the blog's loop against ours, then exit
 
-Writes out/classifier.pt (the weights plus everything needed to understand them) and
-out/loss.png (train and validation loss against epoch). Follows the blog post
+Writes out/classifier.pt (the weights plus everything needed to understand them and to
+train on) and out/loss.png (train and validation loss against epoch). Follows the blog post
 "Latent Diffusion Series: MNIST Classifier" (Nick Tasios): Adam with lr 1e-3, batches of
 256, cross-entropy, 100 epochs, a random permutation per epoch, and the official test set
 as the validation set.
@@ -15,11 +16,17 @@ The loop is the blog's, made fast: the whole dataset goes to the device once (60
 32 x 32 float32 = 246 MB, plus 41 MB for validation), batches are gathered on the device
 from a permutation that lives there too, and the loss is summed on the device and read
 back once per epoch instead of once per step (each read waits for the device to finish).
+
+Stop and resume: Ctrl-C stops cleanly and writes the last completed epoch to the
+checkpoint; `--resume` continues from it. The checkpoint holds the optimizer's state and the
+random number generators' states too, so on the CPU a stopped and resumed run ends with
+the same weights, bit for bit, as a run that was never stopped.
 """
 
 import argparse
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -29,7 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from mnist import load_mnist, save_figure
-from model import Classifier, get_device
+from model import Classifier, get_device, load_classifier
+
+# a resumed run must train the same way as the run it continues: these settings change
+# what is learned, so they must match the checkpoint's (--epochs may differ: it only says
+# where to stop; --log-every, --device and --out-dir may differ too)
+MUST_MATCH = ('batch_size', 'lr', 'seed')
 
 # -----------------------------------------------------------------------------
 # one epoch, and the evaluation
@@ -54,6 +66,7 @@ def train_epoch(model, optimizer, x, y, batch_size):
 @torch.no_grad()
 def evaluate(model, x, y, batch_size=1000):
     """Mean cross-entropy and accuracy of model on (x, y), in eval mode (no dropout)."""
+    was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
@@ -61,57 +74,129 @@ def evaluate(model, x, y, batch_size=1000):
         logits = model(x[i:i + batch_size])            # (B, 10)
         loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction='sum')
         correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
-    model.train()
+    model.train(was_training)
     return loss_sum.item() / len(x), correct.item() / len(x)
+
+# -----------------------------------------------------------------------------
+# checkpoints: everything needed to evaluate the model, and to train on from it
+
+def cpu_copy(obj):
+    """A copy of a nested dict/list of tensors with every tensor on the CPU (strides kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+def rng_states(device):
+    """The states of the generators that draw the permutations and the dropout masks."""
+    states = {'cpu': torch.get_rng_state()}
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        states['cuda'] = torch.cuda.get_rng_state(device)
+    elif kind == 'mps':
+        states['mps'] = torch.mps.get_rng_state()
+    return states
+
+def set_rng_states(states, device):
+    torch.set_rng_state(states['cpu'])
+    kind = torch.device(device).type
+    if kind == 'cuda' and 'cuda' in states:
+        torch.cuda.set_rng_state(states['cuda'], device)
+    elif kind == 'mps' and 'mps' in states:
+        torch.mps.set_rng_state(states['mps'])
+
+def snapshot(model, optimizer, epoch, history, config, device):
+    """The training state at the end of an epoch, copied to the CPU: a few hundred KB.
+
+    The model's state_dict is made contiguous, so the weights load anywhere; the optimizer's
+    state keeps its memory layout, so a resumed run computes exactly what an unbroken one does.
+    """
+    evaluated = bool(history['val_epoch']) and history['val_epoch'][-1] == epoch
+    return {
+        'model': {k: v.contiguous() for k, v in cpu_copy(model.state_dict()).items()},
+        'optimizer': cpu_copy(optimizer.state_dict()),
+        'rng': rng_states(device),
+        'config': config, 'epoch': epoch,
+        # the validation numbers of this very epoch, or None when it was not evaluated
+        'val_loss': history['val_loss'][-1] if evaluated else None,
+        'val_acc': history['val_acc'][-1] if evaluated else None,
+        'history': {k: list(v) for k, v in history.items()},
+    }
+
+def save_checkpoint(path, model_or_state, **info):
+    """torch.save a snapshot (or a model's state_dict plus info) via a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(model_or_state, torch.nn.Module):  # a bare model, as the tests write them
+        state = {k: v.detach().cpu().contiguous() for k, v in model_or_state.state_dict().items()}
+        model_or_state = {'model': state, **info}
+    tmp = path.with_name(f'.{path.name}.tmp')
+    torch.save(model_or_state, tmp)
+    os.replace(tmp, path)
 
 # -----------------------------------------------------------------------------
 # the training run
 
-def save_checkpoint(path, model, **info):
-    """torch.save the state_dict plus info to a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # contiguous CPU tensors: loadable anywhere, whatever memory format we trained in
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save({'model': state, **info}, tmp)
-    os.replace(tmp, path)
-
 def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=1e-3,
-          log_every=10, ckpt_path=None, config=None):
-    """Train model in place; return the loss history. Checkpoints at every evaluation.
+          log_every=10, ckpt_path=None, config=None, resume_from=None):
+    """Train model in place up to epoch `epochs`; return the loss history.
 
+    Validates and writes a checkpoint every log_every epochs and at the last one.
+    resume_from: a checkpoint dict written by this function; training continues after its
+    epoch with its weights, optimizer state, random number generator states and history.
+    Ctrl-C (KeyboardInterrupt) writes the last completed epoch to ckpt_path, then raises
+    KeyboardInterrupt(that epoch, or None when no epoch was completed).
     A loss that becomes NaN or infinite raises FloatingPointError before anything is
     saved, so ckpt_path keeps the last good checkpoint.
     """
+    device = x_train.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = {'epoch': [], 'train_loss': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
-    last_saved = None
-    for epoch in range(1, epochs + 1):
-        # train, timing only the training pass (the .item() waits for the device)
-        t0 = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
-        dt = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            kept = (f'{ckpt_path} still holds the last good checkpoint (epoch {last_saved})'
-                    if last_saved else 'no checkpoint was written')
-            raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}; '
-                                     f'training stopped. {kept}. Try a smaller --lr.')
-        history['epoch'].append(epoch)
-        history['train_loss'].append(train_loss)
-        line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
-        # every log_every epochs and at the end: validation, and a checkpoint
-        if epoch % log_every == 0 or epoch == epochs:
-            val_loss, val_acc = evaluate(model, x_val, y_val)
-            history['val_epoch'].append(epoch)
-            history['val_loss'].append(val_loss)
-            history['val_acc'].append(val_acc)
-            line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
-            if ckpt_path is not None:
-                save_checkpoint(ckpt_path, model, config=config, epoch=epoch,
-                                val_loss=val_loss, val_acc=val_acc, history=history)
+    history = {'epoch': [], 'train_loss': [], 'seconds': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
+    start, last = 0, None  # the epoch we start after, and the latest end-of-epoch snapshot
+    if resume_from is not None:
+        model.load_state_dict(resume_from['model'])
+        optimizer.load_state_dict(resume_from['optimizer'])
+        set_rng_states(resume_from['rng'], device)
+        history = {k: list(v) for k, v in resume_from['history'].items()}
+        start, last = resume_from['epoch'], resume_from
+    last_saved = start if resume_from is not None else None
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            # train, timing only the training pass (the .item() waits for the device)
+            t0 = time.perf_counter()
+            train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
+            dt = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                kept = (f'{ckpt_path} still holds the last good checkpoint (epoch {last_saved})'
+                        if last_saved else 'no checkpoint was written')
+                raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}; '
+                                         f'training stopped. {kept}. Try a smaller --lr.')
+            history['epoch'].append(epoch)
+            history['train_loss'].append(train_loss)
+            history['seconds'].append(dt)
+            line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
+            # every log_every epochs and at the end: validation, and a checkpoint
+            evaluate_now = epoch % log_every == 0 or epoch == epochs
+            if evaluate_now:
+                val_loss, val_acc = evaluate(model, x_val, y_val)
+                history['val_epoch'].append(epoch)
+                history['val_loss'].append(val_loss)
+                history['val_acc'].append(val_acc)
+                line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
+            # an in-memory copy of this epoch's end, for Ctrl-C (about 0.1 ms; see the README)
+            last = snapshot(model, optimizer, epoch, history, config, device)
+            if evaluate_now and ckpt_path is not None:
+                save_checkpoint(ckpt_path, last)
                 last_saved = epoch
-        print(line + f' | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
+            print(line + f' | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
+    except KeyboardInterrupt:
+        # Ctrl-C: the model is halfway through an epoch; keep the last completed one instead
+        if ckpt_path is not None and last is not None and last['epoch'] != last_saved:
+            save_checkpoint(ckpt_path, last)
+        raise KeyboardInterrupt(last['epoch'] if last is not None and ckpt_path is not None else None) from None
     return history
 
 def plot_loss(history, path):
@@ -174,13 +259,33 @@ def compare_loops(x_train, y_train, batch_size, lr, device, rounds):
 
 # -----------------------------------------------------------------------------
 
-if __name__ == '__main__':
+def checkpoint_to_resume(path, args):
+    """The checkpoint at path, checked to be one that this run can continue."""
+    _, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
+    if 'optimizer' not in ckpt or 'rng' not in ckpt:
+        raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
+                         f'train.py), so it cannot be resumed. It still works for evaluation; train '
+                         f'from scratch without --resume (in another --out-dir to keep it).')
+    old = ckpt.get('config') or {}
+    diff = [f'--{k.replace("_", "-")} {old.get(k)} there, {getattr(args, k)} now'
+            for k in MUST_MATCH if old.get(k) != getattr(args, k)]
+    if diff:
+        raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}). '
+                         f'Resume with its settings (only --epochs may change), or train from '
+                         f'scratch in another --out-dir.')
+    if ckpt['epoch'] >= args.epochs:
+        raise ValueError(f'--resume: {path} already holds epoch {ckpt["epoch"]}, and --epochs is '
+                         f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
+    return ckpt
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
     # optimisation (defaults from the blog)
-    parser.add_argument('--epochs', type=int, default=100, help='passes over the training set')
+    parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch (also when resuming)')
     parser.add_argument('--batch-size', type=int, default=256, help='images per optimisation step')
     parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     parser.add_argument('--seed', type=int, default=0, help='seed for the weights, the order and dropout')
@@ -188,20 +293,34 @@ if __name__ == '__main__':
     # output
     parser.add_argument('--log-every', type=int, default=10, help="evaluate and checkpoint every this many epochs (the blog's i_log)")
     parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from classifier.pt in --out-dir (after Ctrl-C, or to train longer)')
     # measurement
     parser.add_argument('--compare-blog-loop', type=int, default=0, metavar='ROUNDS',
                         help="time ROUNDS epochs of the blog's loop and of ours, alternating, then exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ('epochs', 'batch_size', 'log_every'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not args.lr > 0:
         parser.error(f'--lr must be positive, got {args.lr}')
+    if args.compare_blog_loop < 0:
+        parser.error(f'--compare-blog-loop must be 0 (off) or a number of rounds, got {args.compare_blog_loop}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:
         parser.error(str(e))
     print(vars(args))
+
+    # with --resume: the checkpoint to continue, checked before anything else is done
+    ckpt_path = Path(args.out_dir) / 'classifier.pt'
+    resume_from = None
+    if args.resume:
+        try:
+            resume_from = checkpoint_to_resume(ckpt_path, args)
+        except (FileNotFoundError, ValueError) as e:
+            parser.exit(1, f'error: {e}\n')
+        print(f'resuming {ckpt_path} after epoch {resume_from["epoch"]}')
 
     # the data: decoded and verified on the host, then copied to the device once
     torch.manual_seed(args.seed)
@@ -211,7 +330,7 @@ if __name__ == '__main__':
         parser.exit(1, f'error: {e}\n')
     if args.compare_blog_loop:
         compare_loops(x_train, y_train, args.batch_size, args.lr, args.device, args.compare_blog_loop)
-        sys.exit(0)
+        return
     x_train, x_val = x_train[:, None].to(args.device), x_val[:, None].to(args.device)  # (N, 1, 32, 32)
     y_train, y_val = y_train.to(args.device), y_val.to(args.device)
 
@@ -220,16 +339,30 @@ if __name__ == '__main__':
     model = Classifier().to(args.device).to(memory_format=torch.channels_last)
     print(f'{sum(p.numel() for p in model.parameters()):,} parameters')
 
-    # train, then report on the 10,000 test images
-    ckpt_path = Path(args.out_dir) / 'classifier.pt'
+    # train (Ctrl-C keeps the last completed epoch), then report on the 10,000 test images
+    config = {k: v for k, v in vars(args).items() if k != 'resume'}
     t0 = time.perf_counter()
     try:
         history = train(model, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
-                        args.lr, args.log_every, ckpt_path, config=vars(args))
+                        args.lr, args.log_every, ckpt_path, config, resume_from)
     except FloatingPointError as e:
-        sys.exit(f'error: {e}')
-    print(f'trained {args.epochs} epochs in {time.perf_counter() - t0:.0f} s on {args.device}')
+        parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt as e:
+        epoch = e.args[0] if e.args else None
+        if epoch is None:
+            parser.exit(130, '\ninterrupted before the first epoch ended: nothing was saved\n')
+        resume = shlex.join(['python', 'train.py', *[a for a in argv if a != '--resume'], '--resume'])
+        parser.exit(130, f'\ninterrupted: {ckpt_path} holds epoch {epoch} (the last completed one).\n'
+                         f'Resume with: {resume}\n')
+    trained = args.epochs - (resume_from['epoch'] if resume_from else 0)
+    median = statistics.median(history['seconds'][-trained:])
+    print(f'trained {trained} epoch{"s" * (trained != 1)} in {time.perf_counter() - t0:.0f} s on {args.device} | '
+          f'median {median:.2f} s/epoch ({len(x_train) / median / 1000:.1f}k img/s)')
     _, acc = evaluate(model, x_val, y_val)
     print(f'Model accuracy: {100 * acc:.2f}%')
     plot_loss(history, Path(args.out_dir) / 'loss.png')
     print(f'wrote {ckpt_path} and {Path(args.out_dir) / "loss.png"}')
+
+
+if __name__ == '__main__':
+    main()
