@@ -13,6 +13,10 @@ Look inside the trained classifier, as the blog's "Evaluation" section does.
    multivariate normal. We histogram the first 16 features with the fitted normal density
    on top (out/feature_histograms.png), and summarise all 128 by their skewness and excess
    kurtosis (both 0 for a normal), before the last ReLU (the blog's choice) and after it.
+4. The mistakes: the accuracy per digit, the 10 x 10 confusion matrix of the test set
+   (out/confusion.png), the most frequent confusions, and the misclassified digits
+   themselves, most confident first (out/mistakes.png), in the spirit of fastai's
+   plot_top_losses.
 
 Follows the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios).
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import load_mnist, save_figure
+from mnist import load_mnist, plot_tiles, save_figure
 from model import get_device, load_classifier
 
 LEVELS = (2, 5, 8)  # indices of the pooling layers in model.layers, as in the blog
@@ -49,10 +53,15 @@ def mean_activations(model, x, y, layers=LEVELS, batch_size=1000):
     return {j: (s / counts.view(10, 1, 1, 1)).float() for j, s in sums.items()}
 
 def dead_channels(maps, threshold=0.01):
-    """Channels whose spatial mean stays below threshold x the level's largest one, for every digit."""
+    """Channels whose spatial mean stays at or below threshold x the level's largest one, for
+    every digit. Returns (the dead channels, that limit).
+
+    'At or below', so that a level whose channels are all zero (a dead network) has every
+    channel dead, and --dead-threshold 0 finds the channels that are exactly zero.
+    """
     channel_means = maps.mean(dim=(2, 3))                             # (10, C)
     limit = threshold * channel_means.max()
-    return torch.nonzero((channel_means < limit).all(dim=0)).flatten().tolist(), limit.item()
+    return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
 
 def skew_kurtosis(f):
     """Sample skewness and excess kurtosis of each column of f (N, D), in float64.
@@ -73,36 +82,43 @@ def normality_summary(f, within=0.5):
     skew, kurt = skew[ok], kurt[ok]
     close = int(((np.abs(skew) <= within) & (np.abs(kurt) <= within)).sum())
     return (f'median |skew| {np.median(np.abs(skew)):.2f} | median |excess kurtosis| '
-            f'{np.median(np.abs(kurt)):.2f} | {close}/{len(ok)} features within +-{within} on both'
+            f'{np.median(np.abs(kurt)):.2f} | {close}/{len(skew)} features within +-{within} on both'
             + (f' | {int((~ok).sum())} constant features left out' if not ok.all() else ''))
+
+@torch.no_grad()
+def predict(model, x, batch_size=1000):
+    """The predicted digit (N,) and its softmax probability (N,) of each image, on the CPU."""
+    was_training = model.training
+    model.eval()
+    p = torch.cat([model(x[i:i + batch_size]).softmax(1).cpu() for i in range(0, len(x), batch_size)])  # (N, 10)
+    model.train(was_training)
+    confidence, pred = p.max(1)
+    return pred, confidence
+
+def confusion_matrix(y, pred, k=10):
+    """(k, k) counts: row = the true digit, column = the predicted one."""
+    return torch.bincount(y.cpu() * k + pred.cpu(), minlength=k * k).view(k, k)
+
+def mistakes(y, pred, confidence):
+    """Indices of the misclassified images, the most confident mistake first."""
+    wrong = torch.nonzero(pred.cpu() != y.cpu()).flatten()            # (M,)
+    return wrong[torch.argsort(confidence[wrong], descending=True, stable=True)]
+
+def top_confusions(C, n=3):
+    """The n most frequent (true, predicted, count) pairs off the diagonal of C."""
+    off = C.clone()
+    off.fill_diagonal_(0)
+    counts, flat = off.flatten().sort(descending=True, stable=True)
+    return [(int(i) // len(C), int(i) % len(C), int(c)) for c, i in zip(counts[:n], flat[:n]) if c > 0]
 
 # -----------------------------------------------------------------------------
 # the figures
 
 def plot_maps(maps, path, title):
-    """One row per digit, one column per channel, one colour scale for the whole level.
-
-    The D x C small maps are tiled into one mosaic image with a 1-pixel gap (drawn white),
-    which matplotlib draws in one call instead of D x C separate axes.
-    """
-    from matplotlib.figure import Figure  # no pyplot: nothing opens a window
-    D, C, H, W = maps.shape
-    mosaic = np.full((D * (H + 1) - 1, C * (W + 1) - 1), np.nan)      # NaN = gap
-    for d in range(D):
-        for c in range(C):
-            mosaic[d * (H + 1):d * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = maps[d, c].numpy()
-    fig = Figure(figsize=(0.55 * C + 1, 0.55 * D + 1))
-    ax = fig.subplots()
-    ax.imshow(mosaic, cmap='viridis', vmin=0, vmax=np.nanmax(mosaic), interpolation='nearest')
-    ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(C), [str(c) for c in range(C)], fontsize=8)
-    ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(D), [str(d) for d in range(D)], fontsize=11)
-    ax.tick_params(length=0, labeltop=True, labelbottom=False)
-    ax.set_xlabel('channel'), ax.set_ylabel('digit')
-    ax.xaxis.set_label_position('top')
-    for side in ax.spines.values():
-        side.set_visible(False)
-    ax.set_title(title, fontsize=10, pad=24)
-    save_figure(fig, path)
+    """One row per digit, one column per channel, one colour scale for the whole level."""
+    plot_tiles(maps, path, title, row_labels=[str(d) for d in range(len(maps))],
+               col_labels=[str(c) for c in range(maps.shape[1])], xlabel='channel', ylabel='digit',
+               cmap='viridis', vmax=None, inches=0.55)
 
 def plot_histograms(f, path, bins=100):
     """A 4x4 grid: histograms of the first 16 features with the fitted normal density."""
@@ -120,6 +136,37 @@ def plot_histograms(f, path, bins=100):
     fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
 
+def plot_confusion(C, path):
+    """The confusion matrix with its counts; a log colour scale keeps the ~1,000 on the
+    diagonal and the few mistakes off it readable side by side (empty cells stay white)."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    C = C.numpy()
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    im = ax.imshow(np.where(C > 0, C, np.nan), cmap='viridis', norm=LogNorm(vmin=1, vmax=C.max()))
+    for (t, p), count in np.ndenumerate(C):
+        if count:
+            ax.text(p, t, str(count), ha='center', va='center', fontsize=8,
+                    color='black' if count > C.max() ** 0.5 else 'white')
+    ax.set_xticks(range(10)), ax.set_yticks(range(10))
+    ax.set_xlabel('predicted digit'), ax.set_ylabel('true digit')
+    ax.set_title(f'confusion matrix of the {C.sum():,} test images ({np.trace(C):,} correct)')
+    fig.colorbar(im, ax=ax, label='images (log scale)')
+    save_figure(fig, path)
+
+def plot_mistakes(x, y, pred, confidence, order, path, per_row=10):
+    """The misclassified digits in the given order, each labelled 'true->predicted probability'."""
+    y, pred, confidence = y.tolist(), pred.tolist(), confidence.tolist()
+    n = len(order)
+    rows = max(1, -(-n // per_row))                                   # ceil(n / per_row)
+    tiles = np.full((rows * per_row, 28, 28), np.nan)                 # NaN tiles stay white
+    tiles[:n] = x[order, 0, 2:30, 2:30].cpu().numpy()                 # (n, 28, 28) without the padding
+    labels = [f'{y[i]}->{pred[i]} {confidence[i]:.2f}' for i in order.tolist()] + [''] * (rows * per_row - n)
+    plot_tiles(tiles.reshape(rows, per_row, 28, 28), path,
+               f'the {n} most confident mistakes (true->predicted, probability)',
+               tile_labels=[labels[r * per_row:(r + 1) * per_row] for r in range(rows)], inches=1.0)
+
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -130,12 +177,16 @@ def main(argv=None):
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     parser.add_argument('--dead-threshold', type=float, default=0.01,
-                        help="a channel is dead when its mean activation for every digit is below this "
+                        help="a channel is dead when its mean activation for every digit is at or below this "
                              "fraction of the level's largest")
+    parser.add_argument('--mistakes', type=int, default=100,
+                        help='how many misclassified digits to draw, the most confident first')
     parser.add_argument('--out-dir', default='out', help='folder for the figures')
     args = parser.parse_args(argv)
     if not 0 <= args.dead_threshold < 1:
         parser.error(f'--dead-threshold must be a fraction in [0, 1), got {args.dead_threshold}')
+    if args.mistakes < 1:
+        parser.error(f'--mistakes must be at least 1, got {args.mistakes}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:
@@ -148,7 +199,9 @@ def main(argv=None):
         _, _, x_val, y_val = load_mnist(args.data_dir)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, a bad one, or no data
         parser.exit(1, f'error: {e}\n')
-    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}, val acc {100 * ckpt.get("val_acc", float("nan")):.2f}%)')
+    acc = ckpt.get('val_acc')
+    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}'
+          + (f', val acc {100 * acc:.2f}%)' if acc is not None else ')'))
     x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
     # 1. and 2.: mean maps per digit at each level, and the channels that never fire
@@ -161,7 +214,7 @@ def main(argv=None):
                            f'({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
         dead, limit = dead_channels(m, args.dead_threshold)
         print(f'level {level} (layers[{j}], {m.shape[1]} channels): dead channels {dead} '
-              f'(mean activation < {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
+              f'(mean activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
 
     # 3.: the 128-d features before and after the last ReLU, over the test set
     with torch.no_grad():
@@ -172,6 +225,21 @@ def main(argv=None):
     print(f'wrote {out / "feature_histograms.png"}')
     print('before the ReLU (the blog\'s features): ' + normality_summary(f_pre))
     print('after the ReLU:                       ' + normality_summary(f_post))
+
+    # 4.: what the classifier gets wrong, and how sure it was
+    pred, confidence = predict(model, x_val)                           # (10000,), (10000,)
+    y_cpu = y_val.cpu()
+    C = confusion_matrix(y_cpu, pred)                                  # (10, 10)
+    per_digit = C.diag() / C.sum(1)                                    # (10,) recall of each digit
+    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
+          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(per_digit.tolist())))
+    order = mistakes(y_cpu, pred, confidence)
+    print(f'{len(order)} mistakes; the most frequent: '
+          + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
+    plot_confusion(C, out / 'confusion.png')
+    plot_mistakes(x_val, y_cpu, pred, confidence, order[:args.mistakes], out / 'mistakes.png')
+    print(f'wrote {out / "confusion.png"} and {out / "mistakes.png"} '
+          f'({min(len(order), args.mistakes)} of the {len(order)} mistakes)')
     print(f'done in {time.perf_counter() - t0:.1f} s')
 
 

@@ -236,21 +236,49 @@ def save_figure(fig, path):
     fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
     os.replace(tmp, path)
 
+def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_labels=None,
+               xlabel=None, ylabel=None, cmap='gray', vmin=0.0, vmax=1.0, inches=0.8):
+    """Draw small images tiles (R, C, H, W) as one grid and save it as a PNG.
+
+    The R x C images are tiled into one mosaic with a 1-pixel gap, which matplotlib draws
+    with a single imshow instead of R x C separate axes (seconds faster for a few hundred
+    tiles). NaN pixels, the gaps and any NaN tiles, are drawn white. tile_labels, if given,
+    is an R x C nested list of short strings written into each tile's top-left corner.
+    vmax=None takes the largest value. inches: the size of one tile in the figure.
+    """
+    from matplotlib.figure import Figure  # no pyplot: nothing opens a window
+    tiles = np.asarray(tiles, dtype=np.float64)
+    R, C, H, W = tiles.shape
+    grid = np.full((R, H + 1, C, W + 1), np.nan)                      # NaN = gap
+    grid[:, :H, :, :W] = tiles.transpose(0, 2, 1, 3)                  # (R, H, C, W)
+    mosaic = grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]         # (R*(H+1)-1, C*(W+1)-1)
+    fig = Figure(figsize=(inches * C + 1, inches * R + 1))
+    ax = fig.subplots()
+    ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=np.nanmax(mosaic) if vmax is None else vmax,
+              interpolation='nearest')
+    # tick labels at the centre of each row and column of tiles
+    ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(C), col_labels or [''] * C, fontsize=8)
+    ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(R), row_labels or [''] * R, fontsize=11)
+    ax.tick_params(length=0, labeltop=True, labelbottom=False)
+    ax.set_xlabel(xlabel or ''), ax.set_ylabel(ylabel or '')
+    ax.xaxis.set_label_position('top')
+    for side in ax.spines.values():
+        side.set_visible(False)
+    for r, row in enumerate(tile_labels or []):
+        for c, text in enumerate(row):
+            ax.text(c * (W + 1), r * (H + 1), text, color='yellow', fontsize=7, va='top')
+    if title:
+        ax.set_title(title, fontsize=10, pad=24 if col_labels else 6)
+    save_figure(fig, path)
+
 def plot_samples(x, y, path, per_digit=10, seed=0):
     """The blog's first figure: one row per digit, random images of that digit."""
-    from matplotlib.figure import Figure  # no pyplot: nothing opens a window
     g = torch.Generator().manual_seed(seed)
-    fig = Figure(figsize=(per_digit, 10))
-    axes = fig.subplots(10, per_digit)
+    tiles = []
     for digit in range(10):
         idx = torch.nonzero(y == digit).squeeze(1)               # (n_digit,)
-        pick = idx[torch.randperm(len(idx), generator=g)[:per_digit]]
-        for j, i in enumerate(pick):
-            ax = axes[digit, j]
-            ax.imshow(x[i].numpy(), cmap='gray', vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-        axes[digit, 0].set_ylabel(str(digit), rotation=0, labelpad=12, fontsize=14)
-    save_figure(fig, path)
+        tiles.append(x[idx[torch.randperm(len(idx), generator=g)[:per_digit]]])  # (per_digit, 32, 32)
+    plot_tiles(torch.stack(tiles), path, row_labels=[str(d) for d in range(10)], ylabel='digit')
 
 # -----------------------------------------------------------------------------
 

@@ -55,11 +55,14 @@ class Classifier(nn.Module):
         value to zero and the Fréchet distance assumes roughly normal features. With
         after_relu=True it is the input of the final linear layer instead.
         """
+        return self.features_and_logits(x, after_relu)[0]
+
+    def features_and_logits(self, x, after_relu=False):
+        """(features (B, 128), logits (B, 10)) of a batch x (B, 1, 32, 32), in one pass."""
         h = self.layers[:7](x)       # (B, 32, 8, 8): up to and including the last conv
-        if after_relu:
-            h = F.relu(h)
-        h = F.avg_pool2d(h, 4)       # (B, 32, 2, 2)
-        return h.flatten(1)          # (B, 128)
+        post = self.layers[7:10](h)  # (B, 128): ReLU, 4x4 average pool, flatten
+        f = post if after_relu else F.avg_pool2d(h, 4).flatten(1)  # (B, 128) without the ReLU
+        return f, self.layers[10:](post)  # dropout (off in eval mode) and the linear layer
 
 
 def get_device(name='auto'):

@@ -1,25 +1,32 @@
 """
-Tests for fid.py: the Fréchet distance against closed forms and an independent
-computation, feature_statistics against numpy, input checks, and the command line.
+Tests for fid.py: FID against closed forms and an independent computation, KID against a
+double loop over all pairs, precision and recall against point clouds with known answers
+and a brute-force computation, the digit metrics against closed forms, every input shape
+and bad input, the yardstick, the cache, the reference table and the command line.
 """
 
+import argparse
 import hashlib
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fid
-from fid import feature_statistics, frechet_distance, load_stats, save_stats, to_model_input
-from mnist import pad
+from fid import (classifier_score, embed, frechet_distance, kernel_inception_distance, kl_divergence,
+                 knn_radii2, load_images, load_stats, mean_cov, mmd2_unbiased, precision_recall,
+                 read_png_folder, reference, report, report_from_features, save_stats, to_model_input)
+from mnist import load_mnist, pad
 from model import Classifier
 from train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# -----------------------------------------------------------------------------
+# FID
 
 def random_spd(d, rng, rank=None):
     """A random symmetric positive semi-definite d x d matrix of the given rank."""
@@ -106,42 +113,167 @@ def test_bad_statistics_raise():
         frechet_distance(mu, s, np.array([0, np.nan, 0]), s)
 
 # -----------------------------------------------------------------------------
-# statistics of images
+# features and statistics
 
-def test_feature_statistics_equal_numpy():
+def test_embed_equals_the_model_and_restores_its_mode():
     torch.manual_seed(0)
     model = Classifier().train()
     x = torch.rand(53, 1, 32, 32)
     for after_relu in (False, True):
-        mu, sigma = feature_statistics(model, x, batch_size=8, after_relu=after_relu)
+        f, p = embed(model, x, after_relu, batch_size=8)              # batches of 8, the last of 5
         model.eval()
-        f = model.features(x, after_relu=after_relu).detach().double().numpy()
+        torch.testing.assert_close(f, model.features(x, after_relu=after_relu))
+        torch.testing.assert_close(p, model(x).softmax(1))              # dropout off
         model.train()
-        np.testing.assert_allclose(mu, f.mean(0), rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-6, atol=1e-9)
-        assert mu.dtype == sigma.dtype == np.float64 and sigma.shape == (128, 128)
-    assert model.training  # the mode is restored
+    assert model.training and f.shape == (53, 128) and p.shape == (53, 10)
 
-def test_feature_statistics_large_mean_keeps_precision():
-    # features with a mean 1e4 times their spread: the shifted sums keep the covariance right
-    class Offset(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(1))
-        def features(self, x, after_relu=False):
-            return x.flatten(1)[:, :3].double() * 1e-3 + 10.0
-    x = torch.rand(1000, 1, 32, 32, dtype=torch.float64)
-    mu, sigma = feature_statistics(Offset(), x, batch_size=100)
-    f = x.flatten(1)[:, :3].numpy() * 1e-3 + 10.0
-    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-8)
+def test_mean_cov_equals_numpy_also_with_a_large_mean():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((500, 7)) * 1e-3 + 1e4                     # mean 1e7 times the spread
+    mu, sigma = mean_cov(torch.from_numpy(f))
+    np.testing.assert_allclose(mu, f.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-6)
+    with pytest.raises(ValueError, match='at least 2 images'):
+        mean_cov(torch.zeros(1, 3))
 
-@pytest.mark.parametrize('shape', [(5, 28, 28), (5, 1, 28, 28), (5, 32, 32), (5, 1, 32, 32)])
+# -----------------------------------------------------------------------------
+# KID
+
+def kid_by_loops(x, y):
+    """The unbiased MMD^2 written out pair by pair, in float64."""
+    d = x.shape[1]
+    k = lambda a, b: (a @ b / d + 1) ** 3
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+def test_mmd2_equals_a_double_loop_over_all_pairs():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 5)), rng.standard_normal((9, 5)) + 0.3
+    got = mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y))
+    assert got == pytest.approx(kid_by_loops(x, y), rel=1e-12)
+
+def test_kid_with_subsets_as_large_as_the_sets_is_the_full_mmd():
+    # every subset is then the whole set in another order: the same value each time
+    rng = np.random.default_rng(1)
+    x, y = torch.from_numpy(rng.standard_normal((15, 4))), torch.from_numpy(rng.standard_normal((15, 4)) + 0.2)
+    mean, std, m = kernel_inception_distance(x, y, subsets=5, subset_size=50)
+    assert m == 15 and std < 1e-12
+    assert mean == pytest.approx(kid_by_loops(x.numpy(), y.numpy()), rel=1e-10)
+
+def test_kid_subsets_are_drawn_without_replacement_from_the_seed():
+    rng = np.random.default_rng(2)
+    x, y = torch.from_numpy(rng.standard_normal((15, 4))), torch.from_numpy(rng.standard_normal((20, 4)))
+    g = torch.Generator().manual_seed(7)
+    ix, iy = torch.randperm(15, generator=g)[:10], torch.randperm(20, generator=g)[:10]
+    mean, std, m = kernel_inception_distance(x, y, subsets=1, subset_size=10, seed=7)
+    assert m == 10 and mean == pytest.approx(kid_by_loops(x[ix].numpy(), y[iy].numpy()), rel=1e-10)
+
+def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3000, 16, generator=g), torch.randn(3000, 16, generator=g)
+    mean, std, m = kernel_inception_distance(a, b, subsets=50)
+    assert m == 1000 and abs(mean) < 3 * std / math.sqrt(50) + 1e-4
+    shifted, shifted_std, _ = kernel_inception_distance(a, b + 0.3, subsets=50)
+    assert shifted > 20 * std / math.sqrt(50) and shifted > 0
+    # unbiased, so not clipped: single draws of one distribution fall below 0 about half the time
+    values = [mmd2_unbiased(torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)) for _ in range(40)]
+    assert 5 < sum(v < 0 for v in values) < 35
+
+def test_kid_seed_and_too_few():
+    x, y = torch.randn(300, 8), torch.randn(300, 8)
+    assert kernel_inception_distance(x, y, 10, 100, seed=1) == kernel_inception_distance(x, y, 10, 100, seed=1)
+    assert kernel_inception_distance(x, y, 10, 100, seed=1) != kernel_inception_distance(x, y, 10, 100, seed=2)
+    with pytest.raises(ValueError, match='at least 2 images on each side'):
+        kernel_inception_distance(x[:1], y)
+
+# -----------------------------------------------------------------------------
+# precision and recall
+
+def pr_brute_force(gen, real, k=3):
+    """Precision and recall with explicit loops over points, in float64."""
+    def radii(a):
+        return [sorted(np.linalg.norm(a - p, axis=1))[k] for p in a]  # [0] is the point itself
+    def inside(points, centres, r):
+        return np.mean([any(np.linalg.norm(c - p) <= rc for c, rc in zip(centres, r)) for p in points])
+    return inside(gen, real, radii(real)), inside(real, gen, radii(gen))
+
+def test_precision_recall_against_brute_force():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((60, 3))
+    gen = rng.standard_normal((45, 3)) * 0.6 + 0.8                     # narrower, shifted
+    p, r = precision_recall(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), block=7)
+    bp, br = pr_brute_force(gen, real)
+    assert (p, r) == pytest.approx((bp, br), abs=1e-12) and 0 < p < 1 and 0 < r < 1
+    assert knn_radii2(torch.from_numpy(real), k=1, block=5)[0] == pytest.approx(
+        min(((real[1:] - real[0]) ** 2).sum(1)))
+
+def clusters(centres, n_each, rng, spread=0.05):
+    return torch.from_numpy(np.concatenate([c + spread * rng.standard_normal((n_each, 2)) for c in centres])).float()
+
+def test_precision_recall_on_known_point_clouds():
+    rng = np.random.default_rng(1)
+    centres = [(10.0 * i, 0.0) for i in range(10)]
+    real = clusters(centres, 100, rng)
+    assert precision_recall(real, real) == (1.0, 1.0)                 # identical sets
+    far = real + 1000
+    assert precision_recall(far, real) == (0.0, 0.0)                  # far apart
+    half = clusters(centres[:5], 200, rng)                           # covers half the clusters
+    p, r = precision_recall(half, real)
+    assert p > 0.95 and 0.45 < r < 0.55
+    with pytest.raises(ValueError, match='at least k \\+ 1 = 4 images'):
+        precision_recall(real[:3], real)
+
+# -----------------------------------------------------------------------------
+# digits
+
+def test_classifier_score_closed_forms():
+    even = torch.eye(10).repeat(7, 1)                                 # confident, every digit alike
+    assert classifier_score(even) == pytest.approx(10)
+    one = torch.zeros(50, 10)
+    one[:, 3] = 1
+    assert classifier_score(one) == pytest.approx(1)
+    assert classifier_score(torch.full((20, 10), 0.1)) == pytest.approx(1)   # no confidence
+    # two digits, each predicted with certainty: exp(log 2)
+    assert classifier_score(torch.eye(10)[[0, 1] * 5]) == pytest.approx(2)
+
+def test_digit_mix_kl():
+    q = torch.tensor([0.1] * 10)
+    assert kl_divergence(q, q) == 0
+    p = torch.tensor([0.2] * 5 + [0.0] * 5)                           # half the digits missing
+    assert kl_divergence(p, q) == pytest.approx(math.log(2))
+
+def test_report_digits_against_a_direct_count():
+    torch.manual_seed(0)
+    f_real, f_gen = torch.randn(400, 128), torch.randn(300, 128)
+    pred_real = torch.arange(400) % 10
+    probs = F.one_hot(torch.arange(300) % 5, 10).float() * 0.9 + 0.01   # digits 0-4 only, p 0.91
+    r = report_from_features(f_gen, probs, reference(f_real, pred_real))
+    assert r['digits_present'] == 5 and r['digit_kl'] == pytest.approx(math.log(2))
+    assert r['confidence'] == pytest.approx(0.91) and r['classifier_score'] < 5.1
+    assert [d['n'] for d in r['digits']] == [60] * 5 + [0] * 5
+    assert r['digits'][0]['share'] == pytest.approx(0.2) and r['digits'][0]['real_share'] == pytest.approx(0.1)
+    assert math.isnan(r['digits'][7]['kid']) and not math.isnan(r['digits'][2]['kid'])
+    assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)))
+    assert (r['n'], r['n_real'], r['pr_n'], r['pr_n_real'], r['kid_subset']) == (300, 400, 300, 400, 300)
+    assert any('KID on subsets of 300' in w for w in r['warnings'])
+    assert any('rank-deficient' in w for w in report_from_features(f_gen[:50], probs[:50], reference(f_real, pred_real))['warnings'])
+    tiny = report_from_features(f_gen[:3], probs[:3], reference(f_real, pred_real))
+    assert math.isnan(tiny['precision']) and any('at least 4 images' in w for w in tiny['warnings'])
+
+# -----------------------------------------------------------------------------
+# inputs
+
+@pytest.mark.parametrize('shape', [(5, 28, 28), (5, 1, 28, 28), (5, 28, 28, 1), (5, 784),
+                                   (5, 32, 32), (5, 1, 32, 32), (5, 32, 32, 1), (5, 1024)])
 def test_accepted_shapes(shape):
-    x = torch.rand(shape)
-    y = to_model_input(x, 'x')
+    base = torch.rand(5, *((28, 28) if 784 in shape or 28 in shape else (32, 32)))
+    y = to_model_input(base.reshape(shape), 'x')
     assert y.shape == (5, 1, 32, 32) and y.dtype == torch.float32
-    if shape[-1] == 28:  # padded exactly the way mnist.py pads MNIST
-        torch.testing.assert_close(y[:, 0], pad(x.reshape(5, 28, 28)))
+    expected = pad(base) if base.shape[1] == 28 else base             # padded as mnist.py pads MNIST
+    torch.testing.assert_close(y[:, 0], expected, rtol=0, atol=0)
 
 def test_uint8_is_scaled():
     x = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
@@ -149,13 +281,14 @@ def test_uint8_is_scaled():
     torch.testing.assert_close(y[:, 0, 2:30, 2:30], torch.from_numpy(x).float() / 255)
 
 @pytest.mark.parametrize('x, message', [
-    (np.zeros((5, 28, 27), np.float32), 'expected images of shape'),
-    (np.zeros((5, 3, 32, 32), np.float32), 'expected images of shape'),
-    (np.zeros((28, 28), np.float32), 'expected images of shape'),
+    (np.zeros((5, 28, 27), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((5, 3, 32, 32), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((5, 28, 28, 3), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((28, 28), np.float32), 'expected grayscale images of shape'),
     (np.full((5, 28, 28), np.nan, np.float32), 'NaN or infinite'),
     (np.full((5, 28, 28), np.inf), 'NaN or infinite'),
-    (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\]'),
-    (np.full((5, 28, 28), -0.1), r'must lie in \[0, 1\]'),
+    (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\].*divide uint8 values by 255'),
+    (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28), r'map them with \(x \+ 1\) / 2'),
     (np.zeros((5, 28, 28), np.int64), 'got torch.int64'),
     (np.zeros((1, 28, 28), np.float32), 'at least 2 images'),
 ])
@@ -164,113 +297,226 @@ def test_bad_images_raise(x, message):
         to_model_input(x, 'samples.npy')
     assert 'samples.npy' in str(e.value)
 
-def test_stats_file_round_trip(tmp_path):
+def write_pngs(folder, u8, mode='L'):
+    """uint8 images (N, H, W) as PNG files of a PIL mode: L (gray), LA, RGB or RGBA (opaque)."""
+    from PIL import Image  # Pillow comes with matplotlib
+    folder.mkdir()
+    for i, a in enumerate(u8):
+        channels = {'L': [a], 'LA': [a, 255 + 0 * a], 'RGB': [a] * 3, 'RGBA': [a] * 3 + [255 + 0 * a]}[mode]
+        Image.fromarray(np.stack(channels, -1).squeeze(-1) if mode == 'L' else np.stack(channels, -1), mode).save(folder / f'{i:03d}.png')
+    return folder
+
+@pytest.mark.parametrize('mode', ['L', 'LA', 'RGB', 'RGBA'])
+def test_png_folder_reads_like_the_npy(tmp_path, mode):
+    u8 = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    x = read_png_folder(write_pngs(tmp_path / 'pngs', u8, mode))
+    np.testing.assert_array_equal(x, u8 / np.float32(255))
+    np.save(tmp_path / 'same.npy', u8)
+    torch.testing.assert_close(load_images(tmp_path / 'pngs'), load_images(tmp_path / 'same.npy'), rtol=0, atol=0)
+
+def test_bad_png_folders(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
+    with pytest.raises(ValueError, match='no .png images in this folder'):
+        read_png_folder(tmp_path / 'empty')
+    from matplotlib.image import imsave
+    mixed = write_pngs(tmp_path / 'mixed', np.zeros((2, 28, 28), np.uint8))
+    imsave(mixed / '002.png', np.zeros((32, 32)), cmap='gray')
+    with pytest.raises(ValueError, match='mixed sizes: 000.png is 28x28, 002.png is 32x32'):
+        read_png_folder(mixed)
+    colour = tmp_path / 'colour'
+    colour.mkdir()
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 0] = 200
+    imsave(colour / 'a.png', rgb)
+    with pytest.raises(ValueError, match='a.png: a colour image'):
+        read_png_folder(colour)
+    clear = tmp_path / 'clear'
+    clear.mkdir()
+    imsave(clear / 'a.png', np.zeros((28, 28, 4), np.uint8))          # alpha 0: transparent
+    with pytest.raises(ValueError, match='transparent'):
+        read_png_folder(clear)
+    (clear / 'a.png').write_bytes(b'not a png')
+    with pytest.raises(ValueError, match='a.png: not a readable PNG'):
+        read_png_folder(clear)
+
+def test_bad_files(tmp_path):
+    (tmp_path / 'empty.npy').write_bytes(b'')
+    (tmp_path / 'cut.npy').write_bytes(open_npy_bytes()[:100])
+    for name in ('empty.npy', 'cut.npy'):
+        with pytest.raises(ValueError, match='not a readable .npy array: empty, cut short') as e:
+            load_images(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(FileNotFoundError, match='no such file or folder'):
+        load_images(tmp_path / 'missing.npy')
+    (tmp_path / 'x.txt').write_text('1 2 3')
+    with pytest.raises(ValueError, match='expected a .npy or .pt file'):
+        load_images(tmp_path / 'x.txt')
+    torch.save({'x': torch.zeros(3)}, tmp_path / 'd.pt')
+    with pytest.raises(ValueError, match='expected one tensor of images, got dict'):
+        load_images(tmp_path / 'd.pt')
+
+def open_npy_bytes():
+    import io
+    b = io.BytesIO()
+    np.save(b, np.zeros((10, 28, 28), np.float32))
+    return b.getvalue()
+
+def test_stats_file_round_trip_and_yardstick(tmp_path):
     mu, sigma = np.arange(3.0), np.eye(3)
-    save_stats(tmp_path / 's.npz', mu, sigma, features='pre')
-    mu2, sigma2, meta = load_stats(tmp_path / 's.npz')
+    save_stats(tmp_path / 's.npz', mu, sigma, classifier='abc', features='post', n=7)
+    mu2, sigma2, meta = load_stats(tmp_path / 's.npz', 'abc', 'post')
     np.testing.assert_array_equal(mu2, mu)
     np.testing.assert_array_equal(sigma2, sigma)
-    assert meta == {'features': 'pre'}
+    assert meta == {'classifier': 'abc', 'features': 'post', 'n': 7}
+    with pytest.raises(ValueError, match='classifier abc, not classifier xyz'):
+        load_stats(tmp_path / 's.npz', 'xyz', 'post')
+    with pytest.raises(ValueError, match='features post, not features pre'):
+        load_stats(tmp_path / 's.npz', 'abc', 'pre')
     np.savez(tmp_path / 'bad.npz', m=mu)
     with pytest.raises(ValueError, match='needs arrays "mu" and "sigma"'):
         load_stats(tmp_path / 'bad.npz')
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []   # no temp file left
 
 # -----------------------------------------------------------------------------
-# the command line
+# the report, the cache, the reference table and the command line, on a small model and set
+
+@pytest.fixture(scope='module')
+def small_mnist():
+    """600 training and 300 validation digits of the real MNIST."""
+    try:
+        x_train, y_train, x_val, y_val = load_mnist(ROOT / 'data')
+    except FileNotFoundError as e:
+        pytest.fail(f'these tests need the four real MNIST files in {ROOT / "data"} '
+                    f'(copy them from ../shared/mnist/):\n{e}')
+    return x_train[:600], y_train[:600], x_val[:300], y_val[:300]
 
 @pytest.fixture
-def setup(tmp_path):
-    """A checkpoint of a random model, two small image files, and their FID in-process."""
+def setup(tmp_path, small_mnist, monkeypatch):
+    """A random model's checkpoint; fid.py's training set is the 600 digits."""
     torch.manual_seed(0)
-    model = Classifier()
+    model = Classifier().eval()
     save_checkpoint(tmp_path / 'c.pt', model, epoch=0)
-    rng = np.random.default_rng(0)
-    a = rng.uniform(0, 1, (300, 28, 28)).astype(np.float32)
-    b = (rng.uniform(0, 1, (200, 1, 32, 32)) ** 3 * 255).astype(np.uint8)
-    np.save(tmp_path / 'a.npy', a)
-    torch.save(torch.from_numpy(b), tmp_path / 'b.pt')
-    model.eval()
-    sa = feature_statistics(model, to_model_input(a, 'a'))
-    sb = feature_statistics(model, to_model_input(b, 'b'))
-    return tmp_path, model, sa, sb
+    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small_mnist)
+    return tmp_path, model
 
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-def run_fid(tmp_path, *args, capsys=None):
-    """Run `python fid.py ARGS` in this process (capsys given) or in a new one."""
+def run_fid(tmp_path, capsys, *args):
+    """`python fid.py ARGS`, in this process: (exit code, stdout, stderr)."""
     argv = [*map(str, args), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
             '--device', 'cpu']
-    if capsys is None:
-        r = subprocess.run([sys.executable, 'fid.py', *argv], cwd=ROOT, capture_output=True, text=True)
-        return Result(r.returncode, r.stdout, r.stderr)
     try:
         fid.main(argv)
         code = 0
     except SystemExit as e:
         code = e.code
     out, err = capsys.readouterr()
-    return Result(code, out, err)
+    return code, out, err
 
-def test_cli_two_files(setup, capsys):
-    tmp_path, model, sa, sb = setup
-    r = run_fid(tmp_path, tmp_path / 'a.npy', tmp_path / 'b.pt', capsys=capsys)
-    assert r.returncode == 0, r.stderr
-    assert float(r.stdout) == pytest.approx(frechet_distance(*sa, *sb), abs=1e-4)
-    r = run_fid(tmp_path, tmp_path / 'a.npy', tmp_path / 'a.npy', capsys=capsys)
-    assert float(r.stdout) == pytest.approx(0, abs=1e-4)
+def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnist, capsys):
+    tmp_path, model = setup
+    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
+    f, p = embed(model, small_mnist[0][:, None])
+    torch.testing.assert_close(ref['f'], f)
+    np.testing.assert_allclose(ref['mu'], mean_cov(f)[0])
+    assert 'wrote' in capsys.readouterr().err
+    again = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)   # from the cache
+    assert capsys.readouterr().err == ''
+    for key in ('f', 'pred', 'radii2', 'pr_idx'):
+        assert torch.equal(again[key], ref[key]), key
+    pre = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path, after_relu=False)
+    torch.testing.assert_close(pre['f'], embed(model, small_mnist[0][:, None], after_relu=False)[0])
+    # another checkpoint at the same path: recomputed
+    other = Classifier().eval()
+    save_checkpoint(tmp_path / 'c.pt', other, epoch=1)
+    capsys.readouterr()
+    new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
+    assert 'came from another checkpoint: recomputing' in capsys.readouterr().err
+    torch.testing.assert_close(new['f'], embed(other, small_mnist[0][:, None])[0])
 
-def test_cli_against_cached_train_statistics_and_save_stats(setup, capsys):
-    tmp_path, model, sa, sb = setup
-    # pretend the training set's statistics are sb, cached for this very checkpoint
-    sha = hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()
-    save_stats(tmp_path / 'out' / 'train_stats_pre.npz', *sb, checkpoint_sha256=sha, features='pre')
-    r = run_fid(tmp_path, tmp_path / 'a.npy', '--save-stats', tmp_path / 'a_stats.npz', capsys=capsys)
-    assert r.returncode == 0, r.stderr
-    assert float(r.stdout) == pytest.approx(frechet_distance(*sa, *sb), abs=1e-4)
-    mu, sigma, meta = load_stats(tmp_path / 'a_stats.npz')
-    np.testing.assert_allclose(mu, sa[0], rtol=1e-6)
-    assert meta['features'] == 'pre'
-    # a saved .npz is an input like any other
-    r = run_fid(tmp_path, tmp_path / 'a_stats.npz', tmp_path / 'b.pt', capsys=capsys)
-    assert float(r.stdout) == pytest.approx(frechet_distance(*sa, *sb), abs=1e-4)
-    r = run_fid(tmp_path, tmp_path / 'a_stats.npz', tmp_path / 'b.pt', '--features', 'post', capsys=capsys)
-    assert r.returncode == 1 and 'holds statistics of --features pre' in r.stderr
+def test_report_of_images_equals_the_report_of_their_features(setup, small_mnist):
+    tmp_path, model = setup
+    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
+    x = small_mnist[2][:, 2:30, 2:30]                                 # (300, 28, 28) as a generator writes them
+    r = report(model, x, ref, classifier='abc')
+    direct = report_from_features(*embed(model, pad(x)[:, None]), ref)
+    for key in ('fid', 'kid', 'kid_std', 'precision', 'recall', 'classifier_score', 'digit_kl', 'digits_present'):
+        assert r[key] == direct[key], key
+    assert r['classifier'] == 'abc' and r['features'] == 'post' and r['n'] == 300
 
-def test_cli_recomputes_stale_cache(setup, capsys):
-    # statistics cached for another checkpoint are recomputed on the real training set
-    tmp_path, model, sa, sb = setup
-    cache = tmp_path / 'out' / 'train_stats_pre.npz'
-    save_stats(cache, *sb, checkpoint_sha256='another checkpoint', features='pre')
-    r = run_fid(tmp_path, tmp_path / 'a.npy', capsys=capsys)
-    assert r.returncode == 0, r.stderr
-    assert 'came from another checkpoint: recomputing' in r.stdout + r.stderr
-    mu, sigma, meta = load_stats(cache)
-    assert meta['checkpoint_sha256'] == hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()
-    assert meta['n'] == 60000
-    assert float(r.stdout.strip().splitlines()[-1]) == pytest.approx(frechet_distance(*sa, mu, sigma), abs=1e-4)
+def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
+    tmp_path, model = setup
+    x_train, y_train, x_val, y_val = small_mnist
+    args = argparse.Namespace(features='post', seed=0, batch_size=128, out_dir=tmp_path)
+    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
+    results = fid.reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, 'abc', sizes=(50, 100))
+    out = capsys.readouterr().out
+    assert list(results) == ['validation set vs train', 'validation digits 0-4 only', 'validation blurred (3x3 box)',
+                             'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train']
+    assert results['validation digits 0-4 only']['n'] == int((y_val < 5).sum())
+    assert results['validation set vs train']['fid'] == pytest.approx(
+        frechet_distance(*fid.feature_statistics(model, x_val[:, None]), ref['mu'], ref['sigma']))
+    blurred = F.avg_pool2d(x_val[:, None], 3, stride=1, padding=1)  # an independent 3x3 box filter
+    assert results['validation blurred (3x3 box)']['fid'] == pytest.approx(
+        frechet_distance(*fid.feature_statistics(model, blurred), ref['mu'], ref['sigma']))
+    assert '| validation set vs train | 300 |' in out and '| 0.30 |' in out
+    assert '|     50 |' in out and '|    100 |' in out and 'yardstick: classifier abc | features post' in out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.png') == ['fid_vs_noise.png', 'mnist_corruption.png']
 
-def test_cli_bad_input_and_few_images(setup, capsys):
-    tmp_path, *_ = setup
-    np.save(tmp_path / 'nan.npy', np.full((10, 28, 28), np.nan, np.float32))
-    r = run_fid(tmp_path, tmp_path / 'nan.npy', tmp_path / 'a.npy')  # a real `python fid.py`
-    assert r.returncode == 1 and 'NaN or infinite' in r.stderr and 'nan.npy' in r.stderr
-    assert 'Traceback' not in r.stderr
-    r = run_fid(tmp_path, tmp_path / 'missing.npy', tmp_path / 'a.npy', capsys=capsys)
-    assert r.returncode == 1 and 'missing.npy' in r.stderr
-    (tmp_path / 'text.npy').write_text('not numpy')
-    r = run_fid(tmp_path, tmp_path / 'text.npy', tmp_path / 'a.npy', capsys=capsys)
-    assert r.returncode == 1 and 'not a readable .npy' in r.stderr
+def test_cli_report_card(setup, small_mnist, capsys):
+    tmp_path, model = setup
+    np.save(tmp_path / 'gen.npy', (small_mnist[2][:, 2:30, 2:30].numpy() * 255).round().astype(np.uint8))
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
+    assert code == 0, err
+    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path / 'out')
+    r = report(model, np.load(tmp_path / 'gen.npy'), ref)
+    cid = hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()[:12]
+    assert f'{r["fid"]:10.4f}' in out
+    assert f'{r["kid"]:10.5f}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
+    assert f'yardstick: classifier {cid} | features post | N 300 vs 600' in out
+    assert 'scored in' in out and 'rank-deficient' not in err
+    assert (tmp_path / 'out' / 'gen_digits.png').read_bytes()[:4] == b'\x89PNG'
+    mu, sigma, meta = load_stats(tmp_path / 's.npz', cid, 'post')
+    assert meta['n'] == 300
+    # the saved statistics score the same FID, and say that the rest needs images
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 's.npz')
+    assert code == 0 and f'FID {r["fid"]:.4f}' in out and 'need images' in out
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 's.npz', '--features', 'pre')
+    assert code == 1 and 'features post, not features pre' in err
+
+def test_cli_two_sets(setup, small_mnist, capsys):
+    tmp_path, model = setup
+    torch.save(small_mnist[2][:150], tmp_path / 'a.pt')               # (150, 32, 32) floats
+    np.save(tmp_path / 'b.npy', small_mnist[0][:200].numpy())
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'a.pt', tmp_path / 'b.npy')
+    assert code == 0, err
+    fa, pa = embed(model, small_mnist[2][:150, None])
+    fb, pb = embed(model, small_mnist[0][:200, None])
+    r = report_from_features(fa, pa, reference(fb, pb.argmax(1)))
+    assert f'{r["fid"]:10.4f}' in out and f'{r["kid"]:10.5f}' in out and 'N 150 vs 200' in out
+    assert f'vs {tmp_path / "b.npy"} (200 images)' in out
+
+def test_cli_warns_for_few_images(setup, capsys):
+    tmp_path, _ = setup
     np.save(tmp_path / 'few.npy', np.random.default_rng(0).uniform(0, 1, (20, 28, 28)))
-    r = run_fid(tmp_path, tmp_path / 'few.npy', tmp_path / 'a.npy', capsys=capsys)
-    assert r.returncode == 0 and 'rank-deficient' in r.stderr
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'few.npy')
+    assert code == 0 and 'rank-deficient' in err and 'KID on subsets of 20' in err
+
+def test_cli_bad_input(setup, capsys):
+    tmp_path, _ = setup
+    np.save(tmp_path / 'nan.npy', np.full((10, 28, 28), np.nan, np.float32))
+    np.save(tmp_path / 'signed.npy', np.full((10, 28, 28), -0.5, np.float32))
+    (tmp_path / 'empty.npy').write_bytes(b'')
+    for name, message in (('nan.npy', 'NaN or infinite'), ('signed.npy', '(x + 1) / 2'),
+                          ('empty.npy', 'not a readable .npy'), ('missing.npy', 'no such file')):
+        code, out, err = run_fid(tmp_path, capsys, tmp_path / name)
+        assert code == 1 and message in err and name in err and 'Traceback' not in err, name
 
 @pytest.mark.parametrize('argv, message', [
     (['a.npy', 'b.npy', 'c.npy'], 'give at most two inputs, got 3'),
     (['a.npy', 'b.npy', '--save-stats', 's.npz'], '--save-stats needs exactly one input'),
     (['a.npy', '--batch-size', '0'], '--batch-size must be at least 1, got 0'),
     (['a.npy', '--device', 'gpu'], "'gpu' is not a torch device"),
+    (['a.npy', '--features', 'mid'], "invalid choice: 'mid'"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -1,6 +1,7 @@
 """
 Tests for inspect_activations.py: per-digit mean maps against a direct computation, dead
-channels, skewness and kurtosis against known values, and the script end to end.
+channels, skewness and kurtosis against known values, the confusion matrix and the
+mistakes against direct counts, every flag, and the script end to end.
 """
 
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import inspect_activations
-from inspect_activations import dead_channels, mean_activations, plot_histograms, plot_maps, skew_kurtosis
+from inspect_activations import (confusion_matrix, dead_channels, mean_activations, mistakes, normality_summary,
+                                 plot_histograms, plot_maps, predict, skew_kurtosis, top_confusions)
 from model import Classifier
 from train import save_checkpoint
 
@@ -40,6 +42,15 @@ def test_dead_channels():
     dead, limit = dead_channels(maps, threshold=0.01)
     assert dead == [1, 3]
     assert limit == pytest.approx(0.01 * maps.mean(dim=(2, 3)).max().item())
+    # threshold 0: only the channels that are exactly zero for every digit
+    assert dead_channels(maps, threshold=0.0)[0] == [1]
+    # a channel exactly at the limit counts as dead ("at or below")
+    maps[:, 3] = limit
+    assert dead_channels(maps, threshold=0.01)[0] == [1, 3]
+
+def test_a_level_that_is_all_zero_is_all_dead():
+    dead, limit = dead_channels(torch.zeros(10, 5, 2, 2), threshold=0.01)
+    assert dead == [0, 1, 2, 3, 4] and limit == 0
 
 def test_skew_kurtosis_closed_form():
     # Bernoulli(1/4): skew (1 - 2p)/sqrt(p(1-p)) = 2/sqrt(3), excess kurtosis (1 - 6p(1-p))/(p(1-p)) = -2/3
@@ -53,6 +64,42 @@ def test_skew_kurtosis_normal_and_exponential_samples():
     assert abs(skew[0]) < 0.02 and abs(kurt[0]) < 0.05   # normal: 0 and 0
     assert skew[1] == pytest.approx(2, abs=0.1)          # exponential: 2 and 6
     assert kurt[1] == pytest.approx(6, abs=0.6)
+
+def test_normality_summary_counts():
+    rng = np.random.default_rng(0)
+    f = np.stack([rng.standard_normal(100_000), rng.standard_normal(100_000),
+                  rng.exponential(size=100_000), np.zeros(100_000)], axis=1)
+    line = normality_summary(f)
+    assert '2/3 features within +-0.5 on both' in line and '1 constant features left out' in line
+    skew, _ = skew_kurtosis(f[:, :3])
+    assert f'median |skew| {np.median(np.abs(skew)):.2f}' in line
+
+def test_confusion_matrix_and_mistakes_against_direct_counts():
+    torch.manual_seed(0)
+    model = Classifier().train()        # dropout on: predict must switch it off
+    x, y = torch.rand(57, 1, 32, 32), torch.arange(57) % 10
+    pred, confidence = predict(model, x, batch_size=10)
+    assert model.training
+    model.eval()
+    p = model(x).softmax(1)
+    assert torch.equal(pred, p.argmax(1))
+    torch.testing.assert_close(confidence, p.max(1).values)
+    C = confusion_matrix(y, pred)
+    direct = torch.zeros(10, 10, dtype=torch.long)
+    for t, q in zip(y.tolist(), pred.tolist()):
+        direct[t, q] += 1
+    assert torch.equal(C, direct)
+    assert C.sum(1).tolist() == torch.bincount(y, minlength=10).tolist()    # rows: the images of each digit
+    assert C.trace().item() == (pred == y).sum().item()                      # the diagonal: the correct ones
+    order = mistakes(y, pred, confidence)
+    assert sorted(order.tolist()) == torch.nonzero(pred != y).flatten().tolist()   # exactly the mistakes
+    assert (confidence[order].diff() <= 0).all()                             # the most confident first
+
+def test_top_confusions():
+    C = torch.diag(torch.full((10,), 100))
+    C[4, 9], C[7, 2], C[3, 5], C[9, 4] = 12, 7, 9, 1
+    assert top_confusions(C) == [(4, 9, 12), (3, 5, 9), (7, 2, 7)]
+    assert top_confusions(torch.diag(torch.ones(10, dtype=torch.long))) == []   # no mistakes
 
 def test_figures_are_written(tmp_path):
     plot_maps(torch.rand(10, 3, 4, 4), tmp_path / 'maps.png', 'test')
@@ -74,22 +121,59 @@ def test_missing_or_wrong_checkpoint(tmp_path, capsys):
         inspect_activations.main(['--checkpoint', str(tmp_path / 'other.pt')])
     assert e.value.code == 1 and 'do not fit model.Classifier' in capsys.readouterr().err
 
-def test_script_end_to_end(tmp_path, capsys):
-    # a randomly initialised model stands in for a trained one; the data is the real test set
+@pytest.fixture
+def small_test_set(monkeypatch):
+    """Make the script load 200 test digits of the real MNIST, and record its --data-dir."""
+    from mnist import load_mnist
+    asked = []
+    try:
+        data = load_mnist(ROOT / 'data')
+    except FileNotFoundError as e:
+        pytest.fail(f'this test needs the four real MNIST files in {ROOT / "data"}:\n{e}')
+    def small(data_dir):
+        asked.append(data_dir)
+        return data[0][:10], data[1][:10], data[2][:200], data[3][:200]
+    monkeypatch.setattr(inspect_activations, 'load_mnist', small)
+    return asked, data[2][:200, None], data[3][:200]
+
+def test_script_end_to_end(tmp_path, capsys, small_test_set):
+    # a randomly initialised model stands in for a trained one
+    asked, x, y = small_test_set
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / 'c.pt', Classifier(), epoch=0, val_acc=0.1)
+    model = Classifier().eval()
+    save_checkpoint(tmp_path / 'c.pt', model, epoch=0, val_acc=None)   # a checkpoint written on Ctrl-C
     inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
-                              '--device', 'cpu'])
+                              '--device', 'cpu', '--mistakes', '7', '--data-dir', 'elsewhere'])
     stdout = capsys.readouterr().out
+    assert asked == ['elsewhere']
     for level in range(3):
         assert f'level {level}' in stdout
     assert 'before the ReLU' in stdout and 'after the ReLU' in stdout
+    pred, confidence = predict(model, x)
+    C = confusion_matrix(y, pred)
+    assert f'accuracy {100 * (pred == y).float().mean():.2f}%' in stdout
+    assert f'{(pred != y).sum()} mistakes; the most frequent: {top_confusions(C)[0][0]} -> {top_confusions(C)[0][1]}' in stdout
+    assert f'(7 of the {(pred != y).sum()} mistakes)' in stdout
+    digit0 = 100 * ((pred == 0) & (y == 0)).sum() / (y == 0).sum()
+    assert f'per digit: 0 {digit0:.1f}%' in stdout
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ['activations_level0.png', 'activations_level1.png', 'activations_level2.png',
-                       'c.pt', 'feature_histograms.png']
+                       'c.pt', 'confusion.png', 'feature_histograms.png', 'mistakes.png']
 
-def test_bad_dead_threshold(capsys):
+def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / 'c.pt', Classifier(), epoch=0)
+    for threshold in ('0.0', '0.5'):
+        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
+                                  '--device', 'cpu', '--dead-threshold', threshold])
+        assert f'= {float(threshold)} x the largest' in capsys.readouterr().out
+
+@pytest.mark.parametrize('argv, message', [
+    (['--dead-threshold', '1.5'], '--dead-threshold must be a fraction in [0, 1), got 1.5'),
+    (['--mistakes', '0'], '--mistakes must be at least 1, got 0'),
+    (['--device', 'gpu'], "'gpu' is not a torch device"),
+])
+def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        inspect_activations.main(['--dead-threshold', '1.5'])
-    assert e.value.code == 2
-    assert '--dead-threshold must be a fraction in [0, 1), got 1.5' in capsys.readouterr().err
+        inspect_activations.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

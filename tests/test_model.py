@@ -93,3 +93,18 @@ def test_load_classifier_errors(tmp_path):
     torch.save({'weights': 1}, no_model)
     with pytest.raises(ValueError, match='no "model" entry'):
         load_classifier(no_model)
+
+@pytest.mark.parametrize('after_relu', [False, True])
+def test_features_and_logits_in_one_pass(after_relu):
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    x = torch.rand(6, 1, 32, 32)
+    f, logits = model.features_and_logits(x, after_relu)
+    torch.testing.assert_close(f, reference_features(model, x, after_relu))
+    torch.testing.assert_close(logits, model(x))
+    # in training mode the logits go through dropout, as model(x) does
+    model.train()
+    torch.manual_seed(1)
+    _, a = model.features_and_logits(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, model(x))
