@@ -151,7 +151,7 @@ def plot_confusion(C, path):
                     color='black' if count > C.max() ** 0.5 else 'white')
     ax.set_xticks(range(10)), ax.set_yticks(range(10))
     ax.set_xlabel('predicted digit'), ax.set_ylabel('true digit')
-    ax.set_title(f'confusion matrix of the {C.sum():,} test images ({np.trace(C):,} correct)')
+    ax.set_title(f'{np.trace(C):,} of the {C.sum():,} test images correct')
     fig.colorbar(im, ax=ax, label='images (log scale)')
     save_figure(fig, path)
 

@@ -182,6 +182,16 @@ def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
     values = [mmd2_unbiased(torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)) for _ in range(40)]
     assert 5 < sum(v < 0 for v in values) < 35
 
+def test_kid_is_float64_also_for_float32_features():
+    # pre-ReLU-like features (around -50): kernel values near 1e10, whose sums cancel;
+    # in float32 the result would be off by thousands
+    g = torch.Generator().manual_seed(0)
+    f1 = (torch.randn(300, 128, generator=g) * 5 - 50).float()
+    f2 = (torch.randn(300, 128, generator=g) * 5 - 50).float()
+    got = kernel_inception_distance(f1, f2, subsets=3, subset_size=200)
+    exact = kernel_inception_distance(f1.double(), f2.double(), subsets=3, subset_size=200)
+    assert got[0] == pytest.approx(exact[0], rel=1e-9) and got[1] == pytest.approx(exact[1], rel=1e-6)
+
 def test_kid_seed_and_too_few():
     x, y = torch.randn(300, 8), torch.randn(300, 8)
     assert kernel_inception_distance(x, y, 10, 100, seed=1) == kernel_inception_distance(x, y, 10, 100, seed=1)
@@ -459,7 +469,7 @@ def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
     assert results['validation blurred (3x3 box)']['fid'] == pytest.approx(
         frechet_distance(*fid.feature_statistics(model, blurred), ref['mu'], ref['sigma']))
     assert '| validation set vs train | 300 |' in out and '| 0.30 |' in out
-    assert '|     50 |' in out and '|    100 |' in out and 'yardstick: classifier abc | features post' in out
+    assert '|     50 |     6 |' in out and '|    100 |     3 |' in out and 'yardstick: classifier abc | features post' in out
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.png') == ['fid_vs_noise.png', 'mnist_corruption.png']
 
 def test_cli_report_card(setup, small_mnist, capsys):
