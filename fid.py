@@ -18,7 +18,7 @@ its digit probabilities. The features are, by default (--features post), the inp
 final linear layer, after the last ReLU: that is what the series' final post describes,
 its numbers land on that post's scale (validation vs train: 0.28 here, 0.30 there), and
 they vary less from one trained classifier to the next than the blog's pre-ReLU features
-(--features pre), which are about 10x larger and so give about 40x larger FIDs.
+(--features pre), which are about 10x larger and give 30-100x larger FIDs.
 
 - FID (Heusel et al. 2017, arXiv:1706.08500): fit N(mu, sigma) to each set's features,
   d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
@@ -221,8 +221,9 @@ def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None):
     if mu is None:
         mu, sigma = mean_cov(f)
     pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:PR_N]
-    return {'f': f, 'pred': pred, 'mu': mu, 'sigma': sigma, 'pr_idx': pr_idx,
-            'radii2': knn_radii2(f[pr_idx]) if radii2 is None else radii2}
+    if radii2 is None and len(pr_idx) > PR_K:  # with k or fewer there are no k-th neighbours
+        radii2 = knn_radii2(f[pr_idx])
+    return {'f': f, 'pred': pred, 'mu': mu, 'sigma': sigma, 'pr_idx': pr_idx, 'radii2': radii2}
 
 def report_from_features(f, probs, ref, seed=0):
     """Every metric of generated features f (N, D) and probabilities (N, 10) against a
@@ -246,11 +247,11 @@ def report_from_features(f, probs, ref, seed=0):
     # grows, so the numbers compare only at the same N
     f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:PR_N]]
     r['pr_n'], r['pr_n_real'] = len(f_pr), len(ref['pr_idx'])
-    if len(f_pr) > PR_K:
+    if min(len(f_pr), len(ref['pr_idx'])) > PR_K:
         r['precision'], r['recall'] = precision_recall(f_pr, ref['f'][ref['pr_idx']], ref['radii2'])
     else:
         r['precision'] = r['recall'] = float('nan')
-        r['warnings'].append(f'precision and recall need at least {PR_K + 1} images')
+        r['warnings'].append(f'precision and recall need at least {PR_K + 1} images on each side')
     lap('precision/recall')
     # the digits: which ones, how sure, and KID within each digit
     pred, shares, real_shares = probs.argmax(1), digit_shares(probs.argmax(1)), digit_shares(ref['pred'])
@@ -285,7 +286,7 @@ def print_report(r, name, real_name):
     print(f'\nreport card: {name} ({r["n"]:,} images) vs {real_name} ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians'
           + (f' (real vs real at 10,000: about {final})' if final else ''))
-    print(f'  KID               {r["kid"]:10.5f}   +- {r["kid_std"]:.5f} over {KID_SUBSETS} subsets of '
+    print(f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over {KID_SUBSETS} subsets of '
           f'{r["kid_subset"]:,}; unbiased: 0 for the same distribution')
     print(f'  precision         {r["precision"]:10.3f}   share of samples inside the real manifold: quality')
     print(f'  recall            {r["recall"]:10.3f}   share of real digits inside the samples\' manifold: coverage')
@@ -295,7 +296,7 @@ def print_report(r, name, real_name):
     print('\n  digit |  share | real share | confidence | KID')
     for d in r['digits']:
         print(f'  {d["digit"]:5d} | {d["share"]:6.1%} | {d["real_share"]:10.1%} | '
-              f'{d["confidence"]:10.3f} | {d["kid"]:.5f}')
+              f'{d["confidence"]:10.3f} | {d["kid"]:.4g}')
     print(f'\nyardstick: classifier {r["classifier"]} | features {r["features"]} | N {r["n"]:,} vs '
           f'{r["n_real"]:,} (KID subsets of {r["kid_subset"]:,}; precision/recall {r["pr_n"]:,} vs '
           f'{r["pr_n_real"]:,}, k = {PR_K})')
@@ -508,7 +509,7 @@ def reference_table(model, ref, x_train, x_val, y_val, args, classifier, sizes=(
     for name, x in rows:
         r = results[name] = scores(x)
         post = FINAL_POST.get(name, '') if after_relu else 'n/a'
-        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4f} | {r["precision"]:.3f} | '
+        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
               f'{r["recall"]:.3f} | {r["classifier_score"]:.2f} | {r["digits_present"]} | {r["digit_kl"]:.3f} |')
     # FID against the amount of noise, and what the noise looks like
     sigmas = [0.05, 0.1, 0.2, 0.5, 1.0]
@@ -531,7 +532,7 @@ def reference_table(model, ref, x_train, x_val, y_val, args, classifier, sizes=(
             a, b = ref['f'][perm[2 * i * n:(2 * i + 1) * n]], ref['f'][perm[(2 * i + 1) * n:(2 * i + 2) * n]]
             fids.append(frechet_distance(*mean_cov(a), *mean_cov(b)))
             kids.append(kernel_inception_distance(a, b, subsets=10, seed=args.seed)[0])
-        print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):9.5f} +- {np.std(kids):.5f} |')
+        print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):10.4g} +- {np.std(kids):.4g} |')
     print(f'\nyardstick: classifier {classifier} | features {args.features} | N as in each row vs '
           f'{len(ref["f"]):,} training images')
     return results

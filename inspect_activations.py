@@ -237,9 +237,10 @@ def main(argv=None):
     print(f'{len(order)} mistakes; the most frequent: '
           + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
     plot_confusion(C, out / 'confusion.png')
-    plot_mistakes(x_val, y_cpu, pred, confidence, order[:args.mistakes], out / 'mistakes.png')
+    shown = order[:args.mistakes]                                      # the most confident ones
+    plot_mistakes(x_val, y_cpu, pred, confidence, shown, out / 'mistakes.png')
     print(f'wrote {out / "confusion.png"} and {out / "mistakes.png"} '
-          f'({min(len(order), args.mistakes)} of the {len(order)} mistakes)')
+          f'({len(shown)} of the {len(order)} mistakes)')
     print(f'done in {time.perf_counter() - t0:.1f} s')
 
 

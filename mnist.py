@@ -282,14 +282,14 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
 
 # -----------------------------------------------------------------------------
 
-if __name__ == '__main__':
+def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the figure')
     parser.add_argument('--seed', type=int, default=0, help='which random digits to plot')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(vars(args))
 
     try:
@@ -303,3 +303,7 @@ if __name__ == '__main__':
     path = Path(args.out_dir) / 'mnist_samples.png'
     plot_samples(x_val, y_val, path, seed=args.seed)
     print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()

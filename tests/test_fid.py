@@ -170,6 +170,7 @@ def test_kid_subsets_are_drawn_without_replacement_from_the_seed():
     ix, iy = torch.randperm(15, generator=g)[:10], torch.randperm(20, generator=g)[:10]
     mean, std, m = kernel_inception_distance(x, y, subsets=1, subset_size=10, seed=7)
     assert m == 10 and mean == pytest.approx(kid_by_loops(x[ix].numpy(), y[iy].numpy()), rel=1e-10)
+    assert kernel_inception_distance(y, x, subsets=1, subset_size=50)[2] == 15   # the smaller side
 
 def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
     g = torch.Generator().manual_seed(0)
@@ -266,6 +267,9 @@ def test_report_digits_against_a_direct_count():
     assert [d['n'] for d in r['digits']] == [60] * 5 + [0] * 5
     assert r['digits'][0]['share'] == pytest.approx(0.2) and r['digits'][0]['real_share'] == pytest.approx(0.1)
     assert math.isnan(r['digits'][7]['kid']) and not math.isnan(r['digits'][2]['kid'])
+    stray = probs.clone()
+    stray[0] = F.one_hot(torch.tensor(9), 10)                         # 1 of 300 samples a 9: under 1%
+    assert report_from_features(f_gen, stray, reference(f_real, pred_real))['digits_present'] == 5
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)))
     assert (r['n'], r['n_real'], r['pr_n'], r['pr_n_real'], r['kid_subset']) == (300, 400, 300, 400, 300)
     assert any('KID on subsets of 300' in w for w in r['warnings'])
@@ -481,7 +485,7 @@ def test_cli_report_card(setup, small_mnist, capsys):
     r = report(model, np.load(tmp_path / 'gen.npy'), ref)
     cid = hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()[:12]
     assert f'{r["fid"]:10.4f}' in out
-    assert f'{r["kid"]:10.5f}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
+    assert f'{r["kid"]:10.4g}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
     assert f'yardstick: classifier {cid} | features post | N 300 vs 600' in out
     assert 'scored in' in out and 'rank-deficient' not in err
     assert (tmp_path / 'out' / 'gen_digits.png').read_bytes()[:4] == b'\x89PNG'
@@ -502,8 +506,12 @@ def test_cli_two_sets(setup, small_mnist, capsys):
     fa, pa = embed(model, small_mnist[2][:150, None])
     fb, pb = embed(model, small_mnist[0][:200, None])
     r = report_from_features(fa, pa, reference(fb, pb.argmax(1)))
-    assert f'{r["fid"]:10.4f}' in out and f'{r["kid"]:10.5f}' in out and 'N 150 vs 200' in out
+    assert f'{r["fid"]:10.4f}' in out and f'{r["kid"]:10.4g}' in out and 'N 150 vs 200' in out
     assert f'vs {tmp_path / "b.npy"} (200 images)' in out
+    # a real side too small for precision and recall: a warning, not a crash
+    np.save(tmp_path / 'three.npy', small_mnist[0][:3].numpy())
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'a.pt', tmp_path / 'three.npy')
+    assert code == 0 and 'precision and recall need at least 4 images on each side' in err
 
 def test_cli_warns_for_few_images(setup, capsys):
     tmp_path, _ = setup
@@ -532,3 +540,24 @@ def test_cli_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         fid.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
+    tmp_path, model = setup
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:, 2:30, 2:30].numpy())
+    asked, batches = [], []
+    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: (asked.append(data_dir), small_mnist)[1])
+    real_embed = fid.embed
+    monkeypatch.setattr(fid, 'embed', lambda *a: (batches.append(a[3]), real_embed(*a))[1])
+    code, out0, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--data-dir', 'elsewhere', '--batch-size', 64)
+    assert code == 0, err
+    assert asked == ['elsewhere'] and set(batches) == {64}
+    # --seed draws other KID subsets: another KID, the same FID
+    code, out1, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--seed', 1)
+    line = lambda out, name: next(l for l in out.splitlines() if l.strip().startswith(name))
+    assert line(out0, 'FID') == line(out1, 'FID') and line(out0, 'KID') != line(out1, 'KID')
+    # --features pre: the pre-ReLU features, and a yardstick that says so
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--features', 'pre')
+    f_real = embed(model, small_mnist[0][:, None], after_relu=False)[0]
+    f_gen = embed(model, small_mnist[2][:, None], after_relu=False)[0]
+    assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
+    assert '| features pre |' in out and 'real vs real at 10,000' not in out

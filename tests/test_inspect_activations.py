@@ -161,12 +161,18 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
                        'c.pt', 'confusion.png', 'feature_histograms.png', 'mistakes.png']
 
 def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set):
+    _, x, y = small_test_set
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / 'c.pt', Classifier(), epoch=0)
-    for threshold in ('0.0', '0.5'):
+    model = Classifier().eval()
+    save_checkpoint(tmp_path / 'c.pt', model, epoch=0)
+    maps = mean_activations(model, x, y)
+    for threshold in (0.0, 0.5):
         inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
-                                  '--device', 'cpu', '--dead-threshold', threshold])
-        assert f'= {float(threshold)} x the largest' in capsys.readouterr().out
+                                  '--device', 'cpu', '--dead-threshold', str(threshold)])
+        stdout = capsys.readouterr().out
+        for level, j in enumerate((2, 5, 8)):
+            dead, limit = dead_channels(maps[j], threshold)
+            assert f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest' in stdout
 
 @pytest.mark.parametrize('argv, message', [
     (['--dead-threshold', '1.5'], '--dead-threshold must be a fraction in [0, 1), got 1.5'),

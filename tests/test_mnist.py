@@ -311,3 +311,46 @@ def test_real_pixels_match_the_raw_bytes(real):
     pixels = np.frombuffer(raw, np.uint8, offset=16).reshape(10000, 28, 28)
     for i in (0, 9999):
         np.testing.assert_array_equal((real[2][i, 2:30, 2:30] * 255).round().numpy(), pixels[i])
+
+# -----------------------------------------------------------------------------
+# the figure and the command line
+
+def test_plot_samples_picks_random_digits_of_each_row(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(mnist, 'plot_tiles', lambda tiles, path, **kw: drawn.append(tiles))
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 10
+    x = torch.arange(200).float().view(200, 1, 1).expand(200, 32, 32).contiguous()   # image i is all i
+    for seed in (0, 0, 1):
+        mnist.plot_samples(x, y, tmp_path / 's.png', per_digit=4, seed=seed)
+    ids = [t[:, :, 0, 0].long() for t in drawn]                       # (10, 4) image indices
+    for d in range(10):
+        assert (y[ids[0][d]] == d).all() and len(set(ids[0][d].tolist())) == 4   # 4 different images of d
+    assert torch.equal(ids[0], ids[1]) and not torch.equal(ids[0], ids[2])       # the seed decides
+
+def test_plot_tiles_writes_one_png(tmp_path):
+    tiles = np.random.default_rng(0).uniform(size=(3, 4, 5, 5))
+    tiles[1, 2] = np.nan                                              # a missing tile
+    mnist.plot_tiles(tiles, tmp_path / 't.png', 'title', row_labels=['a', 'b', 'c'],
+                     tile_labels=[['x'] * 4] * 3)
+    assert (tmp_path / 't.png').read_bytes()[:4] == b'\x89PNG'
+    assert [p.name for p in tmp_path.iterdir()] == ['t.png']
+
+def test_cli_flags(tmp_path, monkeypatch, capsys):
+    asked, plotted = [], []
+    y = torch.arange(100) % 10
+    def fake_load(data_dir):
+        asked.append(data_dir)
+        return torch.zeros(100, 32, 32), y, torch.zeros(100, 32, 32), y
+    monkeypatch.setattr(mnist, 'load_mnist', fake_load)
+    monkeypatch.setattr(mnist, 'plot_samples', lambda x, y, path, seed: plotted.append((path, seed)))
+    mnist.main(['--data-dir', 'somewhere', '--out-dir', str(tmp_path / 'o'), '--seed', '5'])
+    assert asked == ['somewhere'] and plotted == [(tmp_path / 'o' / 'mnist_samples.png', 5)]
+    assert 'val images per digit:   [10, 10, 10, 10, 10, 10, 10, 10, 10, 10]' in capsys.readouterr().out
+
+def test_cli_bad_data_is_one_error_line(tmp_path, capsys):
+    (tmp_path / 'train-images-idx3-ubyte.gz').write_bytes(b'not gzip')   # found, so nothing is downloaded
+    with pytest.raises(SystemExit) as e:
+        mnist.main(['--data-dir', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith('error: ') and 'not a gzip file' in err and 'Delete it' in err

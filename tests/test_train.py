@@ -314,9 +314,16 @@ def test_cli_ctrl_c_then_resume_equals_unbroken(tmp_path, fake_data, monkeypatch
     resume_cmd = err.split('Resume with: ')[1].strip()
     assert resume_cmd.startswith('python train.py --epochs 3 --batch-size 32') and resume_cmd.endswith('--epochs 4 --resume')
     monkeypatch.setattr(train_py, 'train_epoch', real_epoch)
+    # the timing line counts only the epochs of this run: make the first two look slow
+    ckpt = torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)
+    ckpt['history']['seconds'] = [100.0, 100.0]
+    torch.save(ckpt, tmp_path / 'out' / 'classifier.pt')
     torch.manual_seed(99)  # whatever the global state, the checkpoint's states are restored
     assert main(tmp_path, '--epochs', '4', '--resume') == 0
-    assert 'resuming' in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert 'resuming' in stdout and 'trained 2 epochs in' in stdout
+    median = float(stdout.split('| median ')[1].split(' s/epoch')[0])
+    assert 0 < median < 10
     a = torch.load(tmp_path / 'unbroken' / 'classifier.pt', weights_only=True)
     b = torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)
     assert same_weights(a['model'], b['model'])
