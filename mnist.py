@@ -236,6 +236,15 @@ def save_figure(fig, path):
     fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
     os.replace(tmp, path)
 
+def tile_mosaic(tiles):
+    """Images tiles (R, C, H, W) -> one (R*(H+1)-1, C*(W+1)-1) image, with NaN in the
+    1-pixel gaps between them: tile (r, c) starts at row r*(H+1), column c*(W+1)."""
+    tiles = np.asarray(tiles, dtype=np.float64)
+    R, C, H, W = tiles.shape
+    grid = np.full((R, H + 1, C, W + 1), np.nan)                      # NaN = gap
+    grid[:, :H, :, :W] = tiles.transpose(0, 2, 1, 3)                  # (R, H, C, W)
+    return grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]
+
 def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_labels=None,
                xlabel=None, ylabel=None, cmap='gray', vmin=0.0, vmax=1.0, inches=0.8):
     """Draw small images tiles (R, C, H, W) as one grid and save it as a PNG.
@@ -247,11 +256,8 @@ def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_l
     vmax=None takes the largest value. inches: the size of one tile in the figure.
     """
     from matplotlib.figure import Figure  # no pyplot: nothing opens a window
-    tiles = np.asarray(tiles, dtype=np.float64)
-    R, C, H, W = tiles.shape
-    grid = np.full((R, H + 1, C, W + 1), np.nan)                      # NaN = gap
-    grid[:, :H, :, :W] = tiles.transpose(0, 2, 1, 3)                  # (R, H, C, W)
-    mosaic = grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]         # (R*(H+1)-1, C*(W+1)-1)
+    R, C, H, W = np.shape(tiles)
+    mosaic = tile_mosaic(tiles)                                       # (R*(H+1)-1, C*(W+1)-1)
     fig = Figure(figsize=(inches * C + 1, inches * R + 1))
     ax = fig.subplots()
     ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=np.nanmax(mosaic) if vmax is None else vmax,

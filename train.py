@@ -186,7 +186,7 @@ def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=
                 history['val_loss'].append(val_loss)
                 history['val_acc'].append(val_acc)
                 line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
-            # an in-memory copy of this epoch's end, for Ctrl-C (about 0.1 ms; see the README)
+            # an in-memory copy of this epoch's end, for Ctrl-C (about 0.2 ms; see the README)
             last = snapshot(model, optimizer, epoch, history, config, device)
             if evaluate_now and ckpt_path is not None:
                 save_checkpoint(ckpt_path, last)

@@ -264,6 +264,14 @@ def test_report_digits_against_a_direct_count():
     r = report_from_features(f_gen, probs, reference(f_real, pred_real))
     assert r['digits_present'] == 5 and r['digit_kl'] == pytest.approx(math.log(2))
     assert r['confidence'] == pytest.approx(0.91) and r['classifier_score'] < 5.1
+    # per digit: the confidence and KID of that digit's samples against that digit's real ones
+    sure = probs * torch.linspace(0.5, 1, 300)[:, None]              # confidence varies by sample
+    r2 = report_from_features(f_gen, sure, reference(f_real, pred_real), seed=3)
+    for d in (0, 4):
+        mine = torch.arange(300) % 5 == d
+        assert r2['digits'][d]['confidence'] == pytest.approx(sure[mine].max(1).values.double().mean().item())
+        assert r2['digits'][d]['kid'] == pytest.approx(
+            kernel_inception_distance(f_gen[mine], f_real[pred_real == d], fid.KID_DIGIT_SUBSETS, seed=3)[0])
     assert [d['n'] for d in r['digits']] == [60] * 5 + [0] * 5
     assert r['digits'][0]['share'] == pytest.approx(0.2) and r['digits'][0]['real_share'] == pytest.approx(0.1)
     assert math.isnan(r['digits'][7]['kid']) and not math.isnan(r['digits'][2]['kid'])
@@ -491,6 +499,9 @@ def test_cli_report_card(setup, small_mnist, capsys):
     assert (tmp_path / 'out' / 'gen_digits.png').read_bytes()[:4] == b'\x89PNG'
     mu, sigma, meta = load_stats(tmp_path / 's.npz', cid, 'post')
     assert meta['n'] == 300
+    np.testing.assert_allclose(mu, mean_cov(embed(model, pad(torch.from_numpy(np.load(tmp_path / 'gen.npy')).float() / 255)[:, None])[0])[0], rtol=1e-6)
+    assert run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--features', 'pre', '--save-stats', tmp_path / 'p.npz')[0] == 0
+    assert load_stats(tmp_path / 'p.npz', cid, 'pre')[2]['features'] == 'pre'
     # the saved statistics score the same FID, and say that the rest needs images
     code, out, err = run_fid(tmp_path, capsys, tmp_path / 's.npz')
     assert code == 0 and f'FID {r["fid"]:.4f}' in out and 'need images' in out
@@ -561,3 +572,29 @@ def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
     f_gen = embed(model, small_mnist[2][:, None], after_relu=False)[0]
     assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
     assert '| features pre |' in out and 'real vs real at 10,000' not in out
+
+def test_precision_recall_use_a_random_subset_of_at_most_pr_n(monkeypatch):
+    # 400 generated points: the first 100 far away, the rest on the real points; with
+    # PR_N = 100 the report must draw 100 at random (about 3/4 of them good), not the first 100
+    monkeypatch.setattr(fid, 'PR_N', 100)
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 8, generator=g)
+    gen = torch.cat([torch.randn(100, 8, generator=g) + 100, real[torch.randint(0, 300, (300,), generator=g)]])
+    probs = torch.full((400, 10), 0.1)
+    r = report_from_features(gen, probs, reference(real, torch.arange(300) % 10))
+    assert (r['pr_n'], r['pr_n_real']) == (100, 100)
+    assert 0.6 < r['precision'] < 0.9
+
+def test_plot_digits_rows(monkeypatch, tmp_path):
+    drawn = {}
+    monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **kw: drawn.update(tiles=tiles, **kw))
+    x = torch.arange(40).float().view(40, 1, 1, 1).expand(40, 1, 32, 32)   # image i is all i
+    pred = torch.tensor([3] * 15 + [5] * 25)
+    conf = torch.linspace(0.2, 0.99, 40)
+    probs = F.one_hot(pred, 10).float() * conf[:, None]
+    fid.plot_digits(x, probs, tmp_path / 'd.png')
+    t = drawn['tiles'][:, :, 0, 0]                                    # (11, 10) which image, NaN none
+    assert t[3].tolist() == list(range(10)) and t[5].tolist() == list(range(15, 25))   # the first 10 of each
+    assert np.isnan(t[0]).all()                                       # no sample predicted 0
+    assert t[10].tolist() == list(range(10))                          # the 10 least confident, least first
+    assert drawn['tile_labels'][10][0] == f'3 {conf[0]:.2f}'

@@ -354,3 +354,12 @@ def test_cli_bad_data_is_one_error_line(tmp_path, capsys):
         mnist.main(['--data-dir', str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith('error: ') and 'not a gzip file' in err and 'Delete it' in err
+
+def test_tile_mosaic_places_each_tile():
+    tiles = np.arange(2 * 3 * 4 * 5, dtype=float).reshape(2, 3, 4, 5)  # (R, C, H, W), not square
+    m = mnist.tile_mosaic(tiles)
+    assert m.shape == (2 * 5 - 1, 3 * 6 - 1)
+    for r in range(2):
+        for c in range(3):
+            np.testing.assert_array_equal(m[r * 5:r * 5 + 4, c * 6:c * 6 + 5], tiles[r, c])
+    assert np.isnan(m[4]).all() and np.isnan(m[:, 5]).all()         # the gaps
