@@ -429,12 +429,16 @@ def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_rel
     the checkpoint's bytes (its classifier_id) or the feature choice change."""
     features, cid = 'post' if after_relu else 'pre', classifier_id(checkpoint)
     path = Path(out_dir) / f'train_reference_{features}.npz'
-    if path.exists():
+    try:
         with np.load(path, allow_pickle=False) as z:
             if z['classifier'].item() == cid and z['seed'].item() == seed:
                 return reference(torch.from_numpy(z['f']), torch.from_numpy(z['pred']).long(), seed,
                                  z['mu'], z['sigma'], torch.from_numpy(z['radii2']))
         print(f'{path} came from another checkpoint: recomputing', file=sys.stderr)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError):  # not a file that this function wrote
+        print(f'{path} is not a cache written by fid.py: recomputing', file=sys.stderr)
     x_train = load_mnist(data_dir)[0][:, None]                        # (60000, 1, 32, 32)
     f, probs = embed(model, x_train, after_relu, batch_size)          # (60000, 128), (60000, 10)
     ref = reference(f, probs.argmax(1), seed)

@@ -454,6 +454,11 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
     assert 'came from another checkpoint: recomputing' in capsys.readouterr().err
     torch.testing.assert_close(new['f'], embed(other, small_mnist[0][:, None])[0])
+    # a file at the cache's name that fid.py did not write: recomputed, not a traceback
+    (tmp_path / 'train_reference_post.npz').write_bytes(b'garbage')
+    again = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
+    assert 'is not a cache written by fid.py: recomputing' in capsys.readouterr().err
+    torch.testing.assert_close(again['f'], new['f'])
 
 def test_report_of_images_equals_the_report_of_their_features(setup, small_mnist):
     tmp_path, model = setup
