@@ -254,7 +254,8 @@ def report_from_features(f, probs, ref, seed=0):
         r['warnings'].append(f'precision and recall need at least {PR_K + 1} images on each side')
     lap('precision/recall')
     # the digits: which ones, how sure, and KID within each digit
-    pred, shares, real_shares = probs.argmax(1), digit_shares(probs.argmax(1)), digit_shares(ref['pred'])
+    pred = probs.argmax(1)                                            # (N,) the predicted digits
+    shares, real_shares = digit_shares(pred), digit_shares(ref['pred'])  # (10,), (10,)
     r['classifier_score'] = classifier_score(probs)
     r['confidence'] = probs.max(1).values.double().mean().item()
     r['digits_present'] = int((shares >= PRESENT).sum())
