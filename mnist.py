@@ -20,6 +20,7 @@ Following the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios
 that three halvings of the resolution (32 -> 16 -> 8 -> 4) stay whole numbers.
 """
 
+import errno
 import gzip
 import hashlib
 import os
@@ -226,15 +227,62 @@ def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
     return x_train, y_train, x_val, y_val
 
 # -----------------------------------------------------------------------------
-# writing figures without ever leaving a half-written file
+# writing and reading files: one way to succeed, one way to fail
+
+def write_atomic(path, write):
+    """Create or replace the file at path through a temporary name beside it: write(tmp)
+    fills the temporary file, then one rename puts it in place. So path holds either its
+    old content or the complete new one, never half a file. On any failure (a full disk, no
+    permission, a folder in the way, Ctrl-C) the temporary file is removed; a failure to
+    write comes out as one ValueError that names path and the reason."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, 'a folder is in the way')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp.is_file():
+            tmp.unlink()
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+            raise ValueError(f'cannot write {path}: {reason(e)}') from None
+        raise
+
+def check_writable(folder):
+    """Make folder (and its parents) and write and remove a test file in it, so that a run
+    learns at its start, not after an hour, that it could not save its results."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.write-test-')
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError(f'cannot write into {folder}/: {reason(e)}') from None
+
+def read_file(path, read, expected):
+    """read(path), with any failure to read or parse it turned into one ValueError that names
+    path and what was expected there; a missing file stays a FileNotFoundError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'{path}: no such file')
+    try:
+        return read(path)
+    except Exception as e:  # zip, pickle, numpy, torch: each fails its own way
+        raise ValueError(f'{path}: not {expected} ({reason(e)})') from None
+
+def reason(e):
+    """The first line of an exception's message, for a one-line error."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 def save_figure(fig, path):
     """Save a matplotlib figure as PNG via a temporary name and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
 
 def tile_mosaic(tiles):
     """Images tiles (R, C, H, W) -> one (R*(H+1)-1, C*(W+1)-1) image, with NaN in the

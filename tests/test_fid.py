@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import fid
 from fid import (classifier_score, embed, frechet_distance, kernel_inception_distance, kl_divergence,
-                 knn_radii2, load_images, load_stats, mean_cov, mmd2_unbiased, precision_recall,
+                 knn_radii2, load_images, load_stats, manifold_metrics, mean_cov, mmd2_unbiased,
                  read_png_folder, reference, report, report_from_features, save_stats, to_model_input)
 from mnist import load_mnist, pad
 from model import Classifier
@@ -201,41 +201,65 @@ def test_kid_seed_and_too_few():
         kernel_inception_distance(x[:1], y)
 
 # -----------------------------------------------------------------------------
-# precision and recall
+# precision, recall, density and coverage
+
+def radii(a, k):
+    """Distance from each point of a to its k-th nearest other point, by sorting, in float64."""
+    return [sorted(np.linalg.norm(a - p, axis=1))[k] for p in a]   # [0] is the point itself
 
 def pr_brute_force(gen, real, k=3):
     """Precision and recall with explicit loops over points, in float64."""
-    def radii(a):
-        return [sorted(np.linalg.norm(a - p, axis=1))[k] for p in a]  # [0] is the point itself
     def inside(points, centres, r):
         return np.mean([any(np.linalg.norm(c - p) <= rc for c, rc in zip(centres, r)) for p in points])
-    return inside(gen, real, radii(real)), inside(real, gen, radii(gen))
+    return inside(gen, real, radii(real, k)), inside(real, gen, radii(gen, k))
 
-def test_precision_recall_against_brute_force():
+def dc_brute_force(gen, real, k=5):
+    """Density and coverage as Naeem et al. write them, pair by pair, in float64."""
+    r = radii(real, k)
+    inside = [[np.linalg.norm(y - x) <= rx for x, rx in zip(real, r)] for y in gen]   # [gen][real]
+    density = sum(map(sum, inside)) / (k * len(gen))
+    coverage = np.mean([any(row[i] for row in inside) for i in range(len(real))])
+    return density, coverage
+
+def test_manifold_metrics_against_brute_force():
     rng = np.random.default_rng(0)
     real = rng.standard_normal((60, 3))
     gen = rng.standard_normal((45, 3)) * 0.6 + 0.8                     # narrower, shifted
-    p, r = precision_recall(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), block=7)
+    p, r, d, c = manifold_metrics(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), block=7)
     bp, br = pr_brute_force(gen, real)
+    bd, bc = dc_brute_force(gen, real)
     assert (p, r) == pytest.approx((bp, br), abs=1e-12) and 0 < p < 1 and 0 < r < 1
+    assert (d, c) == pytest.approx((bd, bc), abs=1e-12) and 0 < c < 1 and d != p
     assert knn_radii2(torch.from_numpy(real), k=1, block=5)[0] == pytest.approx(
         min(((real[1:] - real[0]) ** 2).sum(1)))
+    # the cached radii give the same numbers as radii computed on the spot
+    t_real = torch.from_numpy(real).float()
+    cached = manifold_metrics(torch.from_numpy(gen).float(), t_real, knn_radii2(t_real, fid.PR_K),
+                              knn_radii2(t_real, fid.DC_K))
+    assert cached == (p, r, d, c)
 
 def clusters(centres, n_each, rng, spread=0.05):
     return torch.from_numpy(np.concatenate([c + spread * rng.standard_normal((n_each, 2)) for c in centres])).float()
 
-def test_precision_recall_on_known_point_clouds():
+def test_manifold_metrics_on_known_point_clouds():
     rng = np.random.default_rng(1)
     centres = [(10.0 * i, 0.0) for i in range(10)]
     real = clusters(centres, 100, rng)
-    assert precision_recall(real, real) == (1.0, 1.0)                 # identical sets
+    # identical sets: each ball holds its own centre and the centre's k nearest neighbours,
+    # so density = (k + 1) / k exactly, and everything is covered. Integer coordinates keep
+    # every squared distance exact in float32, so no point on a ball's rim is lost to rounding
+    points = torch.from_numpy(rng.choice(1000, size=(300, 3))).float()
+    assert manifold_metrics(points, points) == (1.0, 1.0, (fid.DC_K + 1) / fid.DC_K, 1.0)
+    # a new sample of the same distribution: density about 1
+    p, r, d, c = manifold_metrics(torch.randn(3000, 2, dtype=torch.float64), torch.randn(3000, 2, dtype=torch.float64))
+    assert 0.9 < d < 1.1 and 0.9 < c < 1
     far = real + 1000
-    assert precision_recall(far, real) == (0.0, 0.0)                  # far apart
+    assert manifold_metrics(far, real) == (0.0, 0.0, 0.0, 0.0)        # far apart
     half = clusters(centres[:5], 200, rng)                           # covers half the clusters
-    p, r = precision_recall(half, real)
-    assert p > 0.95 and 0.45 < r < 0.55
-    with pytest.raises(ValueError, match='at least k \\+ 1 = 4 images'):
-        precision_recall(real[:3], real)
+    p, r, d, c = manifold_metrics(half, real)
+    assert p > 0.95 and 0.45 < r < 0.55 and 0.45 < c < 0.55
+    with pytest.raises(ValueError, match='at least k \\+ 1 = 6 images'):
+        manifold_metrics(real[:5], real)
 
 # -----------------------------------------------------------------------------
 # digits
@@ -283,7 +307,7 @@ def test_report_digits_against_a_direct_count():
     assert any('KID on subsets of 300' in w for w in r['warnings'])
     assert any('rank-deficient' in w for w in report_from_features(f_gen[:50], probs[:50], reference(f_real, pred_real))['warnings'])
     tiny = report_from_features(f_gen[:3], probs[:3], reference(f_real, pred_real))
-    assert math.isnan(tiny['precision']) and any('at least 4 images' in w for w in tiny['warnings'])
+    assert math.isnan(tiny['precision']) and math.isnan(tiny['density']) and any('at least 6 images' in w for w in tiny['warnings'])
 
 # -----------------------------------------------------------------------------
 # inputs
@@ -434,7 +458,7 @@ def run_fid(tmp_path, capsys, *args):
     out, err = capsys.readouterr()
     return code, out, err
 
-def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnist, capsys):
+def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnist, capsys, monkeypatch):
     tmp_path, model = setup
     ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
     f, p = embed(model, small_mnist[0][:, None])
@@ -452,13 +476,23 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     save_checkpoint(tmp_path / 'c.pt', other, epoch=1)
     capsys.readouterr()
     new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'came from another checkpoint: recomputing' in capsys.readouterr().err
+    assert 'was made by another classifier, data or version of fid.py: recomputing' in capsys.readouterr().err
     torch.testing.assert_close(new['f'], embed(other, small_mnist[0][:, None])[0])
-    # a file at the cache's name that fid.py did not write: recomputed, not a traceback
-    (tmp_path / 'train_reference_post.npz').write_bytes(b'garbage')
-    again = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'is not a cache written by fid.py: recomputing' in capsys.readouterr().err
-    torch.testing.assert_close(again['f'], new['f'])
+    # a file at the cache's name that fid.py did not write, or one cut short: recomputed
+    cache = tmp_path / 'train_reference_post.npz'
+    whole = cache.read_bytes()
+    for damaged in (b'garbage', whole[:len(whole) // 2]):
+        cache.write_bytes(damaged)
+        again = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
+        assert 'is damaged or not a cache written by fid.py: recomputing' in capsys.readouterr().err
+        torch.testing.assert_close(again['f'], new['f'])
+    # other data (a new MNIST checksum) or an older cache format: recomputed
+    monkeypatch.setattr(fid, 'DATA_ID', 'other data')
+    fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
+    assert 'was made by another' in capsys.readouterr().err
+    monkeypatch.setattr(fid, 'CACHE_VERSION', 1)
+    fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
+    assert 'was made by another' in capsys.readouterr().err
 
 def test_report_of_images_equals_the_report_of_their_features(setup, small_mnist):
     tmp_path, model = setup
@@ -475,19 +509,27 @@ def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
     x_train, y_train, x_val, y_val = small_mnist
     args = argparse.Namespace(features='post', seed=0, batch_size=128, out_dir=tmp_path)
     ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    results = fid.reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, 'abc', sizes=(50, 100))
+    cref = fid.copy_reference(x_train[:, None], x_val[:, None])
+    results = fid.reference_table(model, ref, cref, x_train[:, None], x_val[:, None], y_val, args, 'abc', sizes=(50, 100))
     out = capsys.readouterr().out
     assert list(results) == ['validation set vs train', 'validation digits 0-4 only', 'validation blurred (3x3 box)',
-                             'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train']
+                             'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train',
+                             'training digits, copied', 'training digits moved 1 pixel', 'half copies, half validation']
     assert results['validation digits 0-4 only']['n'] == int((y_val < 5).sum())
-    assert results['validation set vs train']['fid'] == pytest.approx(
-        frechet_distance(*fid.feature_statistics(model, x_val[:, None]), ref['mu'], ref['sigma']))
+    fid_of = lambda x: frechet_distance(*mean_cov(embed(model, x)[0]), ref['mu'], ref['sigma'])
+    assert results['validation set vs train']['fid'] == pytest.approx(fid_of(x_val[:, None]))
     blurred = F.avg_pool2d(x_val[:, None], 3, stride=1, padding=1)  # an independent 3x3 box filter
-    assert results['validation blurred (3x3 box)']['fid'] == pytest.approx(
-        frechet_distance(*fid.feature_statistics(model, blurred), ref['mu'], ref['sigma']))
-    assert '| validation set vs train | 300 |' in out and '| 0.30 |' in out
+    assert results['validation blurred (3x3 box)']['fid'] == pytest.approx(fid_of(blurred))
+    # the memorisers: 300 of the 600 training digits, as they are, moved, and half of them
+    assert results['training digits, copied']['copies'] == 1.0
+    assert results['training digits moved 1 pixel']['copies'] == 1.0
+    assert results['training digits moved 1 pixel']['fid'] != results['training digits, copied']['fid']
+    assert 0.48 <= results['half copies, half validation']['copies'] <= 0.52
+    assert results['validation set vs train']['copies'] == pytest.approx(0.01)   # calibrated on these
+    assert results['Gaussian noise vs train']['copies'] == 0
+    assert '| validation set vs train | 300 |' in out and '| 0.30 |' in out and '| 100.0% |' in out
     assert '|     50 |     6 |' in out and '|    100 |     3 |' in out and 'yardstick: classifier abc | features post' in out
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.png') == ['fid_vs_noise.png', 'mnist_corruption.png']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.png') == ['mnist_corruption.png']
 
 def test_cli_report_card(setup, small_mnist, capsys):
     tmp_path, model = setup
@@ -523,11 +565,12 @@ def test_cli_two_sets(setup, small_mnist, capsys):
     fb, pb = embed(model, small_mnist[0][:200, None])
     r = report_from_features(fa, pa, reference(fb, pb.argmax(1)))
     assert f'{r["fid"]:10.4f}' in out and f'{r["kid"]:10.4g}' in out and 'N 150 vs 200' in out
-    assert f'vs {tmp_path / "b.npy"} (200 images)' in out
+    assert f'vs {tmp_path / "b.npy"} (200 images)' in out and 'copies                   n/a' in out
+    assert not (tmp_path / 'out' / 'a_copies.png').exists()
     # a real side too small for precision and recall: a warning, not a crash
     np.save(tmp_path / 'three.npy', small_mnist[0][:3].numpy())
     code, out, err = run_fid(tmp_path, capsys, tmp_path / 'a.pt', tmp_path / 'three.npy')
-    assert code == 0 and 'precision and recall need at least 4 images on each side' in err
+    assert code == 0 and 'precision, recall, density and coverage need at least 6 images on each side' in err
 
 def test_cli_warns_for_few_images(setup, capsys):
     tmp_path, _ = setup
@@ -566,7 +609,7 @@ def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
     monkeypatch.setattr(fid, 'embed', lambda *a: (batches.append(a[3]), real_embed(*a))[1])
     code, out0, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--data-dir', 'elsewhere', '--batch-size', 64)
     assert code == 0, err
-    assert asked == ['elsewhere'] and set(batches) == {64}
+    assert set(asked) == {'elsewhere'} and set(batches) == {64}   # both caches built from --data-dir
     # --seed draws other KID subsets: another KID, the same FID
     code, out1, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--seed', 1)
     line = lambda out, name: next(l for l in out.splitlines() if l.strip().startswith(name))
@@ -596,10 +639,104 @@ def test_plot_digits_rows(monkeypatch, tmp_path):
     x = torch.arange(40).float().view(40, 1, 1, 1).expand(40, 1, 32, 32)   # image i is all i
     pred = torch.tensor([3] * 15 + [5] * 25)
     conf = torch.linspace(0.2, 0.99, 40)
-    probs = F.one_hot(pred, 10).float() * conf[:, None]
-    fid.plot_digits(x, probs, tmp_path / 'd.png')
+    fid.plot_digits(x, pred, conf, tmp_path / 'd.png')
     t = drawn['tiles'][:, :, 0, 0]                                    # (11, 10) which image, NaN none
     assert t[3].tolist() == list(range(10)) and t[5].tolist() == list(range(15, 25))   # the first 10 of each
     assert np.isnan(t[0]).all()                                       # no sample predicted 0
     assert t[10].tolist() == list(range(10))                          # the 10 least confident, least first
     assert drawn['tile_labels'][10][0] == f'3 {conf[0]:.2f}'
+
+# -----------------------------------------------------------------------------
+# copies of the training set
+
+def test_recentre_undoes_whole_pixel_shifts():
+    x = load_mnist(ROOT / 'data')[2][:200]                           # (200, 32, 32) test digits
+    centred = fid.recentre(x)
+    for dy, dx in ((1, 0), (0, -1), (2, 2), (-3, 1)):
+        assert torch.equal(fid.recentre(x.roll((dy, dx), dims=(1, 2))), centred)
+    # the centre of mass of every re-centred digit is within half a pixel of (16, 16)
+    r = torch.arange(32.0)
+    mass = centred.sum((1, 2))
+    cy, cx = (centred.sum(2) * r).sum(1) / mass, (centred.sum(1) * r).sum(1) / mass
+    assert (cy - 16).abs().max() <= 0.5 and (cx - 16).abs().max() <= 0.5
+    assert torch.equal(fid.recentre(torch.zeros(2, 32, 32)), torch.zeros(2, 32, 32))   # blank: no NaN
+
+def test_nearest_two_against_brute_force(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (50, 1, 32, 32), generator=g) / 255 * (torch.rand(50, 1, 32, 32, generator=g) > 0.8)
+    x = torch.rand(30, 1, 32, 32, generator=g) * 0.5
+    x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
+    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training image a candidate
+    cref = fid.copy_reference(train, train[:10])
+    ratio, d1, j = fid.nearest_two(x, cref, block=7)
+    t = fid.recentre(train[:, 0]).flatten(1)                          # (50, 1024)
+    d = torch.cdist(fid.recentre(x[:, 0]).flatten(1).double(), t.double())   # (30, 50) every distance
+    top2 = d.topk(2, 1, largest=False)
+    torch.testing.assert_close(d1.double(), top2.values[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ratio.double(), top2.values[:, 0] / top2.values[:, 1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(j, top2.indices[:, 0]) and j[:5].tolist() == [7, 3, 3, 40, 0]
+    assert (ratio[:5] == 0).all()
+
+def test_tau_is_the_share_of_the_calibration_digits():
+    x_train, _, x_val, _ = load_mnist(ROOT / 'data')
+    cref = fid.copy_reference(x_train[:2000, None], x_val[:700, None])
+    ratio = fid.nearest_two(x_val[:700, None], cref)[0]
+    assert int((ratio <= cref['tau']).sum()) == math.ceil(fid.COPY_RATE * 700)   # 7 of 700
+    assert cref['train'].dtype == torch.uint8 and torch.equal(
+        cref['train'].float() / 255, fid.recentre(x_train[:2000]).flatten(1))   # exact as uint8
+
+@pytest.fixture(scope='module')
+def memorisers():
+    """The copy reference of 5,000 real training digits, calibrated on 1,000 test digits;
+    1,000 training digits to copy from, and 2,000 other test digits as new digits."""
+    x_train, _, x_val, _ = load_mnist(ROOT / 'data')
+    cref = fid.copy_reference(x_train[:5000, None], x_val[:1000, None])
+    g = torch.Generator().manual_seed(0)
+    copied = x_train[torch.randperm(5000, generator=g)[:1000], None]  # (1000, 1, 32, 32)
+    return cref, copied, x_val[1000:3000, None], g
+
+def test_copies_of_every_kind_are_found(memorisers):
+    cref, copied, new, g = memorisers
+    rate = lambda x: fid.copies(x, cref)[0]
+    assert rate(copied) >= 0.95
+    assert 0.45 <= rate(torch.cat([copied[:500], new[:500]])) <= 0.55
+    for shift in ((0, 1), (1, 0), (-1, 1), (2, 0), (2, -2)):          # moved by 1 and by 2 pixels
+        assert rate(copied.roll(shift, dims=(2, 3))) >= 0.9, shift
+    noisy = (copied + 0.05 * torch.randn(copied.shape, generator=g)).clamp(0, 1)
+    assert rate(noisy) >= 0.85
+
+def test_new_digits_however_bad_are_not_copies(memorisers):
+    cref, copied, new, g = memorisers
+    rate = lambda x: fid.copies(x, cref)[0]
+    assert rate(new) <= 0.02                                          # new digits: about COPY_RATE
+    assert rate(fid.blur(new)) <= 0.005
+    assert rate(torch.rand(1000, 1, 32, 32, generator=g)) == 0
+    assert rate(torch.zeros(10, 1, 32, 32)) == 0                     # blank images
+
+def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypatch, capsys):
+    tmp_path, model = setup
+    x = small_mnist[0][:200, 2:30, 2:30].numpy()                      # 200 training digits, copied
+    np.save(tmp_path / 'gen.npy', x)
+    printed = {}
+    monkeypatch.setattr(fid, 'print_report', lambda r, name, real_name: printed.update(r))
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--seed', 2)
+    assert code == 0, err
+    r = fid.score(torch.from_numpy(x), checkpoint=tmp_path / 'c.pt', out_dir=tmp_path / 'out', device='cpu', seed=2)
+    for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies', 'classifier_score',
+                'digit_kl', 'classifier', 'features', 'n'):
+        assert r[key] == printed[key], key
+    assert r['copies'] == 1.0 and r['classifier'] == fid.classifier_id(tmp_path / 'c.pt')
+    assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # each copy found its original
+    assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
+    assert 'copies' in r['timing']
+    # the figure: each sample beside its nearest training digit, the most copy-like first
+    drawn = {}
+    monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **kw: drawn.update(tiles=tiles, title=title, **kw))
+    cref = fid.train_copy_reference(out_dir=tmp_path / 'out')
+    fid.plot_copies(fid.to_model_input(x, 'x'), r, cref, tmp_path / 'c.png', n=6, per_row=4)
+    tiles = drawn['tiles']                                            # (2, 8, 32, 32): 4 pairs a row
+    assert tiles.shape == (2, 8, 32, 32) and np.isnan(tiles[1, 4:]).all()   # 6 pairs, then blanks
+    first = int(r['per_sample']['copy_ratio'].argsort()[0])
+    np.testing.assert_array_equal(tiles[0, 0], fid.recentre(pad(torch.from_numpy(x[first:first + 1])))[0].numpy())
+    np.testing.assert_array_equal(tiles[0, 0], tiles[0, 1])          # an exact copy beside its original
+    assert drawn['tile_labels'][0][:2] == ['r 0.00', 'd 0.0'] and '100.0% copies' in drawn['title']
