@@ -9,31 +9,24 @@ metrics that tell *what kind* of failure a set of samples has.
     python fid.py a.npy b.pt             # two sets of images (b plays the real side)
     python fid.py samples.npy --save-stats samples.npz   # keep (mu, sigma) for FID later
 
-    from fid import report, train_reference; from model import load_classifier
-    model, _ = load_classifier('out/classifier.pt')
-    r = report(model, x_generated, train_reference(model, 'out/classifier.pt'))  # a dict
+    from fid import score
+    r = score(samples, checkpoint='out/classifier.pt')   # the same dict as the command's card
 
-Every metric works on what the classifier sees: its 128-d feature vector (model.py) and
-its digit probabilities. The features are, by default (--features post), the input of the
-final linear layer, after the last ReLU: that is what the series' final post describes,
-its numbers land on that post's scale (validation vs train: 0.28 here, 0.30 there), and
-they vary less from one trained classifier to the next than the blog's pre-ReLU features
-(--features pre), which are about 10x larger and give 30-100x larger FIDs.
+The metrics, each with its paper and formula in its function's docstring:
+- FID (Heusel et al. 2017): the distance between Gaussians fitted to the features;
+- KID (Bińkowski et al. 2018): an unbiased kernel distance, 0 for one distribution at any N;
+- precision and recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al.
+  2020): how much of the samples lies on the real digits' manifold, and how much of it
+  they cover, from k-nearest-neighbour balls;
+- copies: the share of samples that copy a training digit, on the pixels (copies());
+- the digits: which digits the classifier sees, their mix, its confidence and its score.
 
-- FID (Heusel et al. 2017, arXiv:1706.08500): fit N(mu, sigma) to each set's features,
-  d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
-  for small sets: compare numbers at the same N (the series uses 10,000).
-- KID (Bińkowski et al. 2018, "Demystifying MMD GANs", arXiv:1801.01401): the unbiased
-  squared MMD with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets. No
-  small-sample bias: two sets of one distribution average 0 (sometimes below).
-- Precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991, k = 3): the share of
-  generated samples inside the real manifold (quality), and of real samples inside the
-  generated manifold (coverage); a manifold is the union of balls around each point with
-  radius its distance to its k-th nearest neighbour.
-- Digits: the classifier's predicted digit for each sample, the digit mix against the
-  training set's, the mean confidence, and the classifier score (the Inception Score of
-  Salimans et al. 2016, arXiv:1606.03498, with this classifier): exp(E_x KL(p(y|x) || p(y))),
-  between 1 and 10.
+Every metric but copies works on what the classifier sees: its 128-d feature vector
+(model.py) and its digit probabilities. The features are, by default (--features post), the
+input of the final linear layer, after the last ReLU: that is what the series' final post
+describes, its numbers land on that post's scale (validation vs train: 0.28 here, 0.30
+there), and they vary less from one trained classifier to the next than the blog's pre-ReLU
+features (--features pre), which are about 10x larger and give 30-100x larger FIDs.
 
 The same images score differently under different classifiers, so every report names its
 yardstick: the classifier (the first 12 hex digits of its checkpoint's SHA-256), the
@@ -45,7 +38,6 @@ pytorch-fid (mseitzer/pytorch-fid).
 import argparse
 import hashlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import SHA256, check_writable, load_mnist, pad, plot_tiles, read_file, write_atomic
+from mnist import SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, save_npz
 from model import get_device, load_classifier
 
 FEATURES = 128          # the size of the feature vector
@@ -74,17 +66,18 @@ FINAL_POST = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
     """Features (N, 128) and digit probabilities (N, 10), float32 on the CPU, of images
-    x (N, 1, 32, 32) on any device; batches go to the model's device one at a time."""
+    x (N, 1, 32, 32) on any device; batches go to the model's device one at a time, and
+    their results into arrays made once (many small pieces would fragment the memory)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    f, p = [], []
+    f, p = torch.empty(len(x), FEATURES), torch.empty(len(x), 10)    # (N, 128), (N, 10)
     for i in range(0, len(x), batch_size):
         fb, logits = model.features_and_logits(x[i:i + batch_size].to(device), after_relu)
-        f.append(fb.float().cpu())                                    # (B, 128)
-        p.append(logits.float().softmax(1).cpu())                     # (B, 10)
+        f[i:i + batch_size] = fb.float().cpu()                        # (B, 128)
+        p[i:i + batch_size] = logits.float().softmax(1).cpu()         # (B, 10)
     model.train(was_training)
-    return torch.cat(f), torch.cat(p)
+    return f, p
 
 def mean_cov(f):
     """Mean (D,) and unbiased covariance (D, D) of features f (N, D), float64 numpy. The
@@ -100,7 +93,9 @@ def mean_cov(f):
 # FID
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (Heusel et al.
+    2017, arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
+    Biased upwards for small sets: compare numbers at the same N (the series uses 10,000).
 
     tr(sqrt(sigma1 sigma2)) comes from a symmetric eigenproblem: sigma1 sigma2 has the same
     eigenvalues as the symmetric positive semi-definite matrix sqrt(sigma1) sigma2
@@ -135,7 +130,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 # KID
 
 def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3:
+    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3
+    (Bińkowski et al. 2018, "Demystifying MMD GANs", arXiv:1801.01401):
     the mean of k over pairs i != j within x, plus the same within y, minus twice the mean
     of k over all pairs across. Computed in the dtype of x and y."""
     d, m, n = x.shape[1], len(x), len(y)
@@ -203,7 +199,7 @@ def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=1000
         gen_inside += (d2 <= radii2_real[None, :]).any(1).sum().item()   # in a real ball
         real_covered |= (d2 <= radii2_gen[i:i + block, None]).any(0)   # in a generated ball
         in_dc = d2 <= radii2_dc[None, :]                              # (B, M)
-        balls_holding += in_dc.sum().item()
+        balls_holding += torch.count_nonzero(in_dc).item()
         real_hit |= in_dc.any(0)
     N = len(f_gen)
     return (gen_inside / N, real_covered.double().mean().item(),
@@ -222,7 +218,8 @@ def kl_divergence(p, q):
     return (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum().item()
 
 def classifier_score(probs):
-    """exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 10 for
+    """The Inception Score of Salimans et al. 2016 (arXiv:1606.03498) with our classifier:
+    exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 10 for
     confident predictions spread evenly over the digits, 1 for one digit (or no confidence)."""
     p = torch.as_tensor(probs).double()                               # (N, 10)
     kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, p.mean(0, keepdim=True))).sum(1)
@@ -259,18 +256,18 @@ def nearest_two(x, cref, block=250):
     keep the coarse distances at 250 x 60,000 floats (60 MB)."""
     z, zz = cref['z'], (cref['z'] ** 2).sum(1)                        # (M, D), (M,)
     K = min(COPY_CANDIDATES, len(z))
-    ratio, d1, j = [], [], []
+    ratio, d1, j = torch.empty(len(x)), torch.empty(len(x)), torch.empty(len(x), dtype=torch.long)   # (N,) each
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
         zb = (xb - cref['mean']) @ cref['axes']                       # (B, D)
-        coarse = zz[None, :] - 2 * zb @ z.T                           # (B, M) |zb - z|^2 - |zb|^2
+        coarse = torch.addmm(zz[None, :], zb, z.T, alpha=-2)          # (B, M) |z|^2 - 2 zb.z = |zb - z|^2 - |zb|^2
         cand = coarse.topk(K, 1, largest=False).indices               # (B, K)
         t = cref['train'][cand].float() / 255                         # (B, K, 1024)
         exact, order = ((t - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K) ascending
-        d1.append(exact[:, 0])
-        ratio.append(torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0))   # 0/0: a copy
-        j.append(cand.gather(1, order[:, :1])[:, 0])
-    return torch.cat(ratio), torch.cat(d1), torch.cat(j)
+        d1[i:i + block] = exact[:, 0]
+        ratio[i:i + block] = torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0)   # 0/0: a copy
+        j[i:i + block] = cand.gather(1, order[:, :1])[:, 0]
+    return ratio, d1, j
 
 def copy_reference(x_train, x_val):
     """What the copy search needs from training digits x_train (M, 1, 32, 32): the
@@ -450,9 +447,14 @@ def to_model_input(x, name):
     """Check generated digits and shape them as the classifier expects: (N, 1, 32, 32) float32.
 
     Accepts (N, 28, 28) or (N, 32, 32) images, with a channel of 1 first (N, 1, H, W) or
-    last (N, H, W, 1), or flattened (N, 784) / (N, 1024); floats in [0, 1] or uint8 0-255.
-    Anything else gets one ValueError that names the input and says what was expected.
+    last (N, H, W, 1), or flattened (N, 784) / (N, 1024); floats in [0, 1] (within 1e-6:
+    rounding in a generator is clipped) or uint8 0-255. Anything else gets one ValueError
+    that names the input and says what was expected.
     """
+    if isinstance(x, np.ndarray) and x.dtype.kind not in 'uf':       # strings, dates, records, objects
+        raise ValueError(f'{name}: expected images of numbers (uint8 or float), got numpy dtype {x.dtype}')
+    if torch.is_tensor(x) and x.layout != torch.strided:
+        raise ValueError(f'{name}: a {x.layout} tensor; expected a dense one (x.to_dense())')
     x = torch.as_tensor(x)
     shapes = '(N, 28, 28) or (N, 32, 32), also as (N, 1, H, W), (N, H, W, 1), (N, 784) or (N, 1024)'
     if x.ndim == 2 and x.shape[1] in (784, 1024):
@@ -463,25 +465,25 @@ def to_model_input(x, name):
         x = x[..., 0]                                                 # channels last
     if x.ndim != 3 or tuple(x.shape[1:]) not in ((28, 28), (32, 32)):
         raise ValueError(f'{name}: expected grayscale images of shape {shapes}, got {tuple(x.shape)}')
-    if x.dtype == torch.uint8:
-        x = x.float() / 255
-    elif x.is_floating_point():
+    if x.is_floating_point():
         if not torch.isfinite(x).all():
             raise ValueError(f'{name}: {int((~torch.isfinite(x)).sum())} values are NaN or infinite')
         lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
-        if lo < 0 or hi > 1:
-            hint = ('map them with (x + 1) / 2, the usual output range of diffusion models'
-                    if lo >= -1 and hi <= 1 else 'divide uint8 values by 255, or clip')
-            raise ValueError(f'{name}: float images must lie in [0, 1], found values in '
-                             f'[{lo:.4g}, {hi:.4g}]: {hint}')
-        x = x.float()
-    else:
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            hint = ('they look like [-1, 1], the usual output range of diffusion models: map them with '
+                    '(x + 1) / 2' if lo <= -0.5 and hi <= 1 + 1e-6 else 'divide uint8 values by 255, or clip')
+            raise ValueError(f'{name}: float images must lie in [0, 1], found values from {lo:.9g} '
+                             f'to {hi:.9g}: {hint}')
+    elif x.dtype != torch.uint8:
         raise ValueError(f'{name}: expected float images in [0, 1] or uint8 in 0-255, got {x.dtype}')
     if len(x) < 2:
         raise ValueError(f'{name}: the metrics need at least 2 images, got {len(x)}')
-    if x.shape[1] == 28:
-        x = pad(x)                                                    # (N, 32, 32)
-    return x[:, None]                                                 # (N, 1, 32, 32)
+    # into one float32 array made once (no copies of 100,000 images on the way); 28x28
+    # digits get the 2-pixel border of zeros that mnist.py gives MNIST
+    out = torch.zeros(len(x), 1, 32, 32)                              # (N, 1, 32, 32)
+    o = (32 - x.shape[1]) // 2                                        # 2 for 28x28, 0 for 32x32
+    out[:, 0, o:32 - o, o:32 - o] = x
+    return out.div_(255) if x.dtype == torch.uint8 else out.clamp_(0, 1)
 
 def read_png_folder(folder):
     """The *.png images of a folder, by name (pytorch-fid's convention): (N, H, W) float32 in [0, 1].
@@ -533,23 +535,6 @@ def load_images(path):
         raise ValueError(f'{path}: expected a .npy or .pt file of images, a folder of PNGs, or .npz statistics')
     return to_model_input(x, path)
 
-def save_npz(path, **arrays):
-    """Write arrays as one .npz file (mnist.write_atomic: complete or not at all)."""
-    def write(tmp):
-        with open(tmp, 'wb') as fh:  # a file object: np.savez would append .npz to a name
-            np.savez(fh, **arrays)
-    write_atomic(path, write)
-
-def load_npz(path):
-    """{name: array} of a .npz file, read whole; one ValueError naming it when it is damaged."""
-    def read(p):
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError(f'a single {type(z).__name__}, not an archive of arrays')
-        with z:
-            return {k: z[k] for k in z.files}
-    return read_file(path, read, 'a readable .npz file')
-
 def save_stats(path, mu, sigma, **meta):
     """Write mu, sigma and the yardstick (classifier, features, n) as a .npz statistics file."""
     save_npz(path, mu=mu, sigma=sigma, **meta)
@@ -577,24 +562,6 @@ def classifier_id(checkpoint):
 
 CACHE_VERSION = 2       # bump when what a cache holds changes
 DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-images-idx3-ubyte']).encode()).hexdigest()[:12]
-
-def cached(path, build, **key):
-    """The arrays in the cache file at path if it was written with this key (scalars: the
-    classifier, the data, the settings), else build()'s, written there for next time. A
-    stale, damaged or foreign file is rebuilt with a one-line notice."""
-    try:
-        z = load_npz(path)
-        if all(k in z and z[k].ndim == 0 and z[k].item() == v for k, v in key.items()):
-            return z
-        print(f'{path} was made by another classifier, data or version of fid.py: recomputing', file=sys.stderr)
-    except FileNotFoundError:
-        pass
-    except ValueError:  # cut short, overwritten, not written by us
-        print(f'{path} is damaged or not a cache written by fid.py: recomputing', file=sys.stderr)
-    z = build()
-    save_npz(path, **z, **key)
-    print(f'wrote {path}', file=sys.stderr)
-    return z
 
 def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_relu=True, seed=0, batch_size=1000):
     """reference() of the 60,000 training images, cached in out_dir/train_reference_{post,pre}.npz

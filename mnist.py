@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import os
 import struct
+import sys
 import tempfile
 import urllib.request
 import zlib
@@ -272,6 +273,41 @@ def read_file(path, read, expected):
         return read(path)
     except Exception as e:  # zip, pickle, numpy, torch: each fails its own way
         raise ValueError(f'{path}: not {expected} ({reason(e)})') from None
+
+def save_npz(path, **arrays):
+    """Write arrays as one .npz file (mnist.write_atomic: complete or not at all)."""
+    def write(tmp):
+        with open(tmp, 'wb') as fh:  # a file object: np.savez would append .npz to a name
+            np.savez(fh, **arrays)
+    write_atomic(path, write)
+
+def load_npz(path):
+    """{name: array} of a .npz file, read whole; one ValueError naming it when it is damaged."""
+    def read(p):
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f'a single {type(z).__name__}, not an archive of arrays')
+        with z:
+            return {k: z[k] for k in z.files}
+    return read_file(path, read, 'a readable .npz file')
+
+def cached(path, build, **key):
+    """The arrays in the .npz cache file at path if it was written with this key (scalars:
+    the classifier, the data, the settings), else build()'s, written there for next time.
+    A stale, damaged or foreign file is rebuilt with a one-line notice."""
+    try:
+        z = load_npz(path)
+        if all(k in z and z[k].ndim == 0 and z[k].item() == v for k, v in key.items()):
+            return z
+        print(f'{path} was made by another classifier, data or version: recomputing', file=sys.stderr)
+    except FileNotFoundError:
+        pass
+    except ValueError:  # cut short, overwritten, not written by us
+        print(f'{path} is damaged or not a cache written by this code: recomputing', file=sys.stderr)
+    z = build()
+    save_npz(path, **z, **key)
+    print(f'wrote {path}', file=sys.stderr)
+    return z
 
 def reason(e):
     """The first line of an exception's message, for a one-line error."""

@@ -321,6 +321,13 @@ def test_accepted_shapes(shape):
     expected = pad(base) if base.shape[1] == 28 else base             # padded as mnist.py pads MNIST
     torch.testing.assert_close(y[:, 0], expected, rtol=0, atol=0)
 
+def test_floats_a_rounding_error_outside_0_1_are_clipped():
+    x = torch.rand(3, 28, 28)
+    x[0, 5, 5], x[1, 6, 6] = 1 + 1e-7, -1e-8                          # float32 arithmetic in a generator
+    y = to_model_input(x, 'x')
+    assert y.min() == 0 and y.max() == 1
+    torch.testing.assert_close(y[:, 0, 2:30, 2:30], x.clamp(0, 1), rtol=0, atol=0)
+
 def test_uint8_is_scaled():
     x = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
     y = to_model_input(x.astype(np.uint8), 'x')
@@ -335,8 +342,15 @@ def test_uint8_is_scaled():
     (np.full((5, 28, 28), np.inf), 'NaN or infinite'),
     (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\].*divide uint8 values by 255'),
     (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28), r'map them with \(x \+ 1\) / 2'),
-    (np.zeros((5, 28, 28), np.int64), 'got torch.int64'),
+    (np.zeros((5, 28, 28), np.int64), 'got numpy dtype int64'),
+    (torch.zeros(5, 28, 28, dtype=torch.int16), 'got torch.int16'),
     (np.zeros((1, 28, 28), np.float32), 'at least 2 images'),
+    (np.full((5, 28, 28), 'a'), 'images of numbers'),                # strings
+    (np.zeros((5, 28, 28), 'datetime64[s]'), 'images of numbers'),
+    (np.zeros((5, 28, 28), [('a', 'f4')]), 'images of numbers'),     # a structured array
+    (torch.zeros(5, 28, 28).to_sparse(), 'x.to_dense()'),
+    (np.full((5, 28, 28), 0.5) + np.eye(28) * (0.5 + 2e-6), r'from 0.5 to 1.000002: divide'),   # not rounding
+    (np.full((5, 28, 28), 0.5) - np.eye(28) * 0.6, r'from -0.1 to 0.5: divide'),  # not [-1, 1]-like
 ])
 def test_bad_images_raise(x, message):
     with pytest.raises(ValueError, match=message) as e:
@@ -476,7 +490,7 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     save_checkpoint(tmp_path / 'c.pt', other, epoch=1)
     capsys.readouterr()
     new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'was made by another classifier, data or version of fid.py: recomputing' in capsys.readouterr().err
+    assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
     torch.testing.assert_close(new['f'], embed(other, small_mnist[0][:, None])[0])
     # a file at the cache's name that fid.py did not write, or one cut short: recomputed
     cache = tmp_path / 'train_reference_post.npz'
@@ -484,7 +498,7 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     for damaged in (b'garbage', whole[:len(whole) // 2]):
         cache.write_bytes(damaged)
         again = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-        assert 'is damaged or not a cache written by fid.py: recomputing' in capsys.readouterr().err
+        assert 'is damaged or not a cache written by this code: recomputing' in capsys.readouterr().err
         torch.testing.assert_close(again['f'], new['f'])
     # other data (a new MNIST checksum) or an older cache format: recomputed
     monkeypatch.setattr(fid, 'DATA_ID', 'other data')

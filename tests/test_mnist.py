@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import socket
 import struct
 import threading
@@ -363,3 +364,59 @@ def test_tile_mosaic_places_each_tile():
         for c in range(3):
             np.testing.assert_array_equal(m[r * 5:r * 5 + 4, c * 6:c * 6 + 5], tiles[r, c])
     assert np.isnan(m[4]).all() and np.isnan(m[:, 5]).all()         # the gaps
+
+# -----------------------------------------------------------------------------
+# writing and reading files: complete or not at all, and one line when it fails
+
+def test_write_atomic_keeps_the_old_file_when_the_disk_is_full(tmp_path):
+    import errno
+    path = tmp_path / 'classifier.pt'
+    path.write_bytes(b'the finished checkpoint')
+    def full_disk(tmp):
+        Path(tmp).write_bytes(b'half a chec')                          # a partial write, then ENOSPC
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(ValueError, match=f'cannot write {path}: No space left on device'):
+        mnist.write_atomic(path, full_disk)
+    assert path.read_bytes() == b'the finished checkpoint'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['classifier.pt']   # no .tmp left
+
+def test_write_atomic_on_ctrl_c_and_in_the_way(tmp_path):
+    path = tmp_path / 'x.npz'
+    def interrupted(tmp):
+        Path(tmp).write_bytes(b'part')
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        mnist.write_atomic(path, interrupted)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'folder.png').mkdir()
+    with pytest.raises(ValueError, match='folder.png: a folder is in the way'):
+        mnist.write_atomic(tmp_path / 'folder.png', lambda tmp: Path(tmp).write_bytes(b'x'))
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(ValueError, match='cannot write .*file/out.png'):
+        mnist.write_atomic(tmp_path / 'file' / 'out.png', lambda tmp: Path(tmp).write_bytes(b'x'))
+    mnist.write_atomic(path, lambda tmp: Path(tmp).write_bytes(b'new'))
+    assert path.read_bytes() == b'new' and sorted(p.name for p in tmp_path.iterdir()) == ['file', 'folder.png', 'x.npz']
+
+def test_check_writable(tmp_path):
+    mnist.check_writable(tmp_path / 'a' / 'b')                        # made, and left empty
+    assert list((tmp_path / 'a' / 'b').iterdir()) == []
+    (tmp_path / 'f').write_bytes(b'')
+    with pytest.raises(ValueError, match=f'cannot write into {tmp_path / "f"}/'):
+        mnist.check_writable(tmp_path / 'f')
+
+def test_npz_round_trip_and_damage(tmp_path):
+    mnist.save_npz(tmp_path / 's.npz', a=np.arange(3), n=7)
+    z = mnist.load_npz(tmp_path / 's.npz')
+    assert z['a'].tolist() == [0, 1, 2] and z['n'].item() == 7
+    whole = (tmp_path / 's.npz').read_bytes()
+    np.save(tmp_path / 'one.npy', np.arange(3))
+    (tmp_path / 'cut.npz').write_bytes(whole[:len(whole) // 2])
+    at = whole.find(np.arange(3).tobytes()) + 1                      # inside the data of a
+    (tmp_path / 'flipped.npz').write_bytes(whole[:at] + bytes([whole[at] ^ 0xFF]) + whole[at + 1:])
+    (tmp_path / 'one.npy').rename(tmp_path / 'renamed.npz')
+    for name in ('cut.npz', 'flipped.npz', 'renamed.npz'):
+        with pytest.raises(ValueError, match=f'{name}: not a readable .npz file') as e:
+            mnist.load_npz(tmp_path / name)
+        assert '\n' not in str(e.value), name
+    with pytest.raises(FileNotFoundError, match='missing.npz: no such file'):
+        mnist.load_npz(tmp_path / 'missing.npz')
