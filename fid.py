@@ -716,6 +716,8 @@ def main(argv=None):
         parser.error('--save-stats needs exactly one input')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f'--seed must be in [0, 2**64), what torch.manual_seed takes; got {args.seed}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import load_mnist, plot_tiles, save_figure
+from mnist import check_writable, load_mnist, plot_tiles, save_figure
 from model import get_device, load_classifier
 
 LEVELS = (2, 5, 8)  # indices of the pooling layers in model.layers, as in the blog
@@ -192,13 +192,20 @@ def main(argv=None):
     except ValueError as e:
         parser.error(str(e))
     print(vars(args))
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint, a bad one, no data, no place to write
+        parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt:
+        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
+
+def run(args):
+    """main()'s work, once the flags are checked."""
     t0 = time.perf_counter()
 
-    try:
-        model, ckpt = load_classifier(args.checkpoint, args.device)
-        _, _, x_val, y_val = load_mnist(args.data_dir)
-    except (FileNotFoundError, ValueError) as e:  # no checkpoint, a bad one, or no data
-        parser.exit(1, f'error: {e}\n')
+    check_writable(args.out_dir)                                       # before any work
+    model, ckpt = load_classifier(args.checkpoint, args.device)
+    _, _, x_val, y_val = load_mnist(args.data_dir)
     acc = ckpt.get('val_acc')
     print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}'
           + (f', val acc {100 * acc:.2f}%)' if acc is not None else ')'))

@@ -383,9 +383,12 @@ def main(argv=None):
     print(vars(args))
 
     try:
+        check_writable(args.out_dir)
         x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
-    except (FileNotFoundError, ValueError) as e:  # no files and no network, or a bad file
+    except (FileNotFoundError, ValueError) as e:  # no files and no network, a bad file, no place to write
         parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt:
+        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
     print(f'train: x {tuple(x_train.shape)} {x_train.dtype}, y {tuple(y_train.shape)} {y_train.dtype}')
     print(f'val:   x {tuple(x_val.shape)} {x_val.dtype}, y {tuple(y_val.shape)} {y_val.dtype}')
     print('train images per digit:', torch.bincount(y_train, minlength=10).tolist())

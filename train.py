@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist import load_mnist, save_figure
+from mnist import check_writable, load_mnist, save_figure, write_atomic
 from model import Classifier, get_device, load_classifier
 
 # a resumed run must train the same way as the run it continues: these settings change
@@ -127,15 +127,13 @@ def snapshot(model, optimizer, epoch, history, config, device):
     }
 
 def save_checkpoint(path, model_or_state, **info):
-    """torch.save a snapshot (or a model's state_dict plus info) via a temporary name and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """torch.save a snapshot (or a model's state_dict plus info) atomically: the file at path
+    is the old checkpoint or the complete new one, never half (mnist.write_atomic; a full
+    disk raises one ValueError that names path)."""
     if isinstance(model_or_state, torch.nn.Module):  # a bare model, as the tests write them
         state = {k: v.detach().cpu().contiguous() for k, v in model_or_state.state_dict().items()}
         model_or_state = {'model': state, **info}
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save(model_or_state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(model_or_state, tmp))
 
 # -----------------------------------------------------------------------------
 # the training run
@@ -306,28 +304,41 @@ def main(argv=None):
         parser.error(f'--lr must be positive, got {args.lr}')
     if args.compare_blog_loop < 0:
         parser.error(f'--compare-blog-loop must be 0 (off) or a number of rounds, got {args.compare_blog_loop}')
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f'--seed must be in [0, 2**64), what torch.manual_seed takes; got {args.seed}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:
         parser.error(str(e))
     print(vars(args))
 
+    try:
+        run(args, argv, parser)
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:  # a bad file, no data, a full disk
+        parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop: loading, plotting
+        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
+
+def run(args, argv, parser):
+    """main()'s work, once the flags are checked."""
+    # the output folder must take our files: found out now, not after an hour of training
+    if not args.compare_blog_loop:
+        check_writable(args.out_dir)
     # with --resume: the checkpoint to continue, checked before anything else is done
     ckpt_path = Path(args.out_dir) / 'classifier.pt'
     resume_from = None
     if args.resume:
-        try:
-            resume_from = checkpoint_to_resume(ckpt_path, args)
-        except (FileNotFoundError, ValueError) as e:
-            parser.exit(1, f'error: {e}\n')
+        resume_from = checkpoint_to_resume(ckpt_path, args)
         print(f'resuming {ckpt_path} after epoch {resume_from["epoch"]}')
+    elif ckpt_path.exists() and not args.compare_blog_loop:
+        # a new run: keep the checkpoint that is there (and the yardstick fid.py named by it)
+        prev = ckpt_path.with_name('classifier.prev.pt')
+        os.replace(ckpt_path, prev)
+        print(f'kept the checkpoint that was in {ckpt_path} as {prev}')
 
     # the data: decoded and verified on the host, then copied to the device once
     torch.manual_seed(args.seed)
-    try:
-        x_train, y_train, x_val, y_val = load_mnist(args.data_dir)  # (60000, 32, 32), (60000,), ...
-    except (FileNotFoundError, ValueError) as e:  # no files and no network, or a bad file
-        parser.exit(1, f'error: {e}\n')
+    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)      # (60000, 32, 32), (60000,), ...
     if args.compare_blog_loop:
         compare_loops(x_train, y_train, args.batch_size, args.lr, args.device, args.compare_blog_loop)
         return
@@ -345,8 +356,6 @@ def main(argv=None):
     try:
         history = train(model, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
                         args.lr, args.log_every, ckpt_path, config, resume_from)
-    except FloatingPointError as e:
-        parser.exit(1, f'error: {e}\n')
     except KeyboardInterrupt as e:
         epoch = e.args[0] if e.args else None
         if epoch is None:

@@ -754,3 +754,31 @@ def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypat
     np.testing.assert_array_equal(tiles[0, 0], fid.recentre(pad(torch.from_numpy(x[first:first + 1])))[0].numpy())
     np.testing.assert_array_equal(tiles[0, 0], tiles[0, 1])          # an exact copy beside its original
     assert drawn['tile_labels'][0][:2] == ['r 0.00', 'd 0.0'] and '100.0% copies' in drawn['title']
+
+def test_save_stats_never_writes_over_the_input_and_seed_range(setup, small_mnist, capsys):
+    tmp_path, _ = setup
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+    before = (tmp_path / 'gen.npy').read_bytes()
+    for argv in (['--save-stats', tmp_path / 'gen.npy'], ['--seed', -1]):
+        with pytest.raises(SystemExit) as e:
+            fid.main([str(tmp_path / 'gen.npy'), *map(str, argv)])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'would write over the input' in err and '--seed must be in [0, 2**64)' in err
+    assert (tmp_path / 'gen.npy').read_bytes() == before
+
+def test_cli_ctrl_c_and_an_unusable_out_dir(setup, small_mnist, monkeypatch, capsys):
+    tmp_path, _ = setup
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+    real_embed = fid.embed
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fid, 'embed', interrupted)                    # Ctrl-C while building the cache
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
+    assert code == 130 and 'interrupted' in err and 'Traceback' not in err
+    assert [p.name for p in (tmp_path / 'out').iterdir() if p.name.startswith('.')] == []
+    monkeypatch.setattr(fid, 'embed', real_embed)
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(SystemExit) as e:
+        fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file')])
+    assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in capsys.readouterr().err

@@ -183,3 +183,20 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         inspect_activations.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+def test_out_dir_a_file_and_ctrl_c(tmp_path, capsys, small_test_set, monkeypatch):
+    save_checkpoint(tmp_path / 'c.pt', Classifier(), epoch=0)
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(SystemExit) as e:
+        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file'),
+                                  '--device', 'cpu'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in err and 'Traceback' not in err
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(inspect_activations, 'plot_histograms', interrupted)   # Ctrl-C while plotting
+    with pytest.raises(SystemExit) as e:
+        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
+                                  '--device', 'cpu'])
+    assert e.value.code == 130 and 'interrupted' in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / 'out').iterdir() if p.name.startswith('.')] == []

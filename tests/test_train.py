@@ -397,3 +397,51 @@ def test_real_ctrl_c_in_a_real_run(tmp_path):
     _, ckpt = load_classifier(tmp_path / 'classifier.pt')
     assert ckpt['epoch'] == 1 and math.isfinite(ckpt['history']['train_loss'][0])
     assert sorted(f.name for f in tmp_path.iterdir()) == ['classifier.pt']   # nothing half-written
+
+# -----------------------------------------------------------------------------
+# nothing lost, nothing half-written
+
+def test_a_new_run_keeps_the_finished_checkpoint(tmp_path, fake_data, capsys):
+    assert main(tmp_path, '--seed', 1) == 0
+    first = (tmp_path / 'out' / 'classifier.pt').read_bytes()
+    assert main(tmp_path, '--seed', 2) == 0
+    assert (tmp_path / 'out' / 'classifier.prev.pt').read_bytes() == first
+    assert (tmp_path / 'out' / 'classifier.pt').read_bytes() != first
+    assert f'kept the checkpoint that was in {tmp_path / "out" / "classifier.pt"} as' in capsys.readouterr().out
+
+def test_an_unusable_out_dir_is_found_before_training(tmp_path, fake_data, capsys):
+    (tmp_path / 'file').write_bytes(b'not a folder')
+    assert main(tmp_path, out='file') == 1
+    err = capsys.readouterr().err
+    assert f'cannot write into {tmp_path / "file"}/' in err and 'Traceback' not in err
+    assert fake_data == []                                            # not even the data was loaded
+
+def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, fake_data, monkeypatch, capsys):
+    import errno
+    assert main(tmp_path, '--epochs', '2', '--log-every', '1') == 0
+    ckpt = tmp_path / 'out' / 'classifier.pt'
+    before = ckpt.read_bytes()
+    real_save = torch.save
+    def save_until_full(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)                                   # the temporary file is written...
+        raise OSError(errno.ENOSPC, 'No space left on device')        # ...and then the disk is full
+    monkeypatch.setattr(torch, 'save', save_until_full)
+    assert main(tmp_path, '--epochs', '3', '--log-every', '1', '--resume') == 1
+    err = capsys.readouterr().err
+    assert f'error: cannot write {ckpt}: No space left on device' in err and 'Traceback' not in err
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ['classifier.pt', 'loss.png']   # no .tmp
+
+def test_ctrl_c_while_loading_the_data(tmp_path, monkeypatch, capsys):
+    def interrupted(data_dir):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_py, 'load_mnist', interrupted)
+    assert main(tmp_path) == 130
+    err = capsys.readouterr().err
+    assert 'interrupted' in err and 'Traceback' not in err
+
+@pytest.mark.parametrize('seed', ['-1', str(2 ** 64)])
+def test_cli_seed_range(seed, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_py.main(['--seed', seed])
+    assert e.value.code == 2 and '--seed must be in [0, 2**64)' in capsys.readouterr().err
