@@ -163,11 +163,14 @@ def squared_distances(a, b):
     return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_(min=0)
 
 def knn_radii2(f, k=PR_K, block=1000):
-    """Squared distance from each row of f (N, D) to its k-th nearest other row."""
+    """Squared distance from each row of f (N, D) to its k-th nearest other row: (N,). With
+    k a tuple, one column per k, (N, len(k)), from a single pass."""
+    largest, columns = (max(k), list(k)) if isinstance(k, tuple) else (k, k)
     out = []
     for i in range(0, len(f), block):
         d2 = squared_distances(f[i:i + block], f)                     # (B, N): at most block x N
-        out.append(d2.topk(k + 1, dim=1, largest=False).values[:, k])  # (B,) [:, 0] is the row itself
+        nearest = d2.topk(largest + 1, dim=1, largest=False).values   # (B, largest + 1); [:, 0] is the row itself
+        out.append(nearest[:, columns])                               # (B,) or (B, len(k))
     return torch.cat(out)
 
 def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=1000):
@@ -188,8 +191,8 @@ def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=1000
     if min(len(f_gen), len(f_real)) < DC_K + 1:
         raise ValueError(f'precision, recall, density and coverage need at least k + 1 = {DC_K + 1} '
                          f'images on each side, got {len(f_gen)} and {len(f_real)}')
-    radii2_real = knn_radii2(f_real, PR_K, block) if radii2_real is None else radii2_real   # (M,)
-    radii2_dc = knn_radii2(f_real, DC_K, block) if radii2_dc is None else radii2_dc         # (M,)
+    if radii2_real is None:
+        radii2_real, radii2_dc = knn_radii2(f_real, (PR_K, DC_K), block).unbind(1)   # (M,), (M,)
     radii2_gen = knn_radii2(f_gen, PR_K, block)                       # (N,)
     gen_inside, balls_holding = 0, 0
     real_covered = torch.zeros(len(f_real), dtype=torch.bool)        # (M,) inside a generated ball
@@ -316,7 +319,7 @@ def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None)
         mu, sigma = mean_cov(f)
     pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:PR_N]
     if radii2 is None and len(pr_idx) > DC_K:  # with k or fewer there are no k-th neighbours
-        radii2, radii2_dc = knn_radii2(f[pr_idx], PR_K), knn_radii2(f[pr_idx], DC_K)
+        radii2, radii2_dc = knn_radii2(f[pr_idx], (PR_K, DC_K)).unbind(1)   # one pass, (M,) each
     return {'f': f, 'pred': pred, 'mu': mu, 'sigma': sigma, 'pr_idx': pr_idx, 'radii2': radii2,
             'radii2_dc': radii2_dc}
 
