@@ -303,6 +303,8 @@ def test_report_digits_against_a_direct_count():
     stray[0] = F.one_hot(torch.tensor(9), 10)                         # 1 of 300 samples a 9: under 1%
     assert report_from_features(f_gen, stray, reference(f_real, pred_real))['digits_present'] == 5
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)))
+    # all 300 and all 400 rows take part (in another order): the same four numbers as on the spot
+    assert (r['precision'], r['recall'], r['density'], r['coverage']) == pytest.approx(manifold_metrics(f_gen, f_real))
     assert (r['n'], r['n_real'], r['pr_n'], r['pr_n_real'], r['kid_subset']) == (300, 400, 300, 400, 300)
     assert any('KID on subsets of 300' in w for w in r['warnings'])
     assert any('rank-deficient' in w for w in report_from_features(f_gen[:50], probs[:50], reference(f_real, pred_real))['warnings'])
@@ -481,7 +483,7 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     assert 'wrote' in capsys.readouterr().err
     again = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)   # from the cache
     assert capsys.readouterr().err == ''
-    for key in ('f', 'pred', 'radii2', 'pr_idx'):
+    for key in ('f', 'pred', 'radii2', 'radii2_dc', 'pr_idx'):
         assert torch.equal(again[key], ref[key]), key
     pre = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path, after_relu=False)
     torch.testing.assert_close(pre['f'], embed(model, small_mnist[0][:, None], after_relu=False)[0])
@@ -740,6 +742,14 @@ def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypat
                 'digit_kl', 'classifier', 'features', 'n'):
         assert r[key] == printed[key], key
     assert r['copies'] == 1.0 and r['classifier'] == fid.classifier_id(tmp_path / 'c.pt')
+    for key in ('copy_ratio', 'copy_distance', 'nearest_train', 'pred', 'confidence'):
+        assert torch.equal(r['per_sample'][key], printed['per_sample'][key]), key
+    # score()'s features flag reaches the report
+    pre = fid.score(torch.from_numpy(x), checkpoint=tmp_path / 'c.pt', out_dir=tmp_path / 'out', device='cpu',
+                    features='pre')
+    f_pre = embed(model, pad(torch.from_numpy(x))[:, None], after_relu=False)[0]
+    f_real = embed(model, small_mnist[0][:, None], after_relu=False)[0]
+    assert pre['features'] == 'pre' and pre['fid'] == pytest.approx(frechet_distance(*mean_cov(f_pre), *mean_cov(f_real)))
     assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # each copy found its original
     assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
     assert 'copies' in r['timing']

@@ -420,3 +420,16 @@ def test_npz_round_trip_and_damage(tmp_path):
         assert '\n' not in str(e.value), name
     with pytest.raises(FileNotFoundError, match='missing.npz: no such file'):
         mnist.load_npz(tmp_path / 'missing.npz')
+
+def test_main_out_dir_a_file_and_ctrl_c(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(SystemExit) as e:
+        mnist.main(['--out-dir', str(tmp_path / 'file'), '--data-dir', str(tmp_path / 'none')])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in err and 'Traceback' not in err
+    def interrupted(data_dir):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(mnist, 'load_mnist', interrupted)
+    with pytest.raises(SystemExit) as e:
+        mnist.main(['--out-dir', str(tmp_path / 'out')])
+    assert e.value.code == 130 and 'interrupted' in capsys.readouterr().err
