@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, save_npz
+from mnist import SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, read_file, save_npz
 from model import get_device, load_classifier
 
 FEATURES = 128          # the size of the feature vector
@@ -92,6 +92,25 @@ def mean_cov(f):
 # -----------------------------------------------------------------------------
 # FID
 
+def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
+    """mu (D,) and sigma (D, D) as float64 arrays, checked to describe a normal distribution:
+    finite, sigma symmetric and positive semi-definite (up to rounding); else one ValueError
+    that uses the names given (a file's, for a statistics file)."""
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    for name, a, shape in ((mu_name, mu, (d,)), (sigma_name, sigma, (d, d))):
+        if a.shape != shape:
+            raise ValueError(f'{name} has shape {a.shape}, expected {shape} ({mu_name} has shape {mu.shape})')
+        if not np.isfinite(a).all():
+            raise ValueError(f'{name} has NaN or infinite entries')
+    if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(np.abs(sigma).max(), 1e-300)):
+        raise ValueError(f'{sigma_name} is not symmetric, so it is not a covariance matrix')
+    w = np.linalg.eigvalsh((sigma + sigma.T) / 2)                      # (D,) ascending
+    if d and w[0] < -1e-6 * max(np.abs(w).max(), 1e-300):
+        raise ValueError(f'{sigma_name} is not positive semi-definite (an eigenvalue of {w[0]:.4g}), '
+                         f'so it is not a covariance matrix')
+    return mu, sigma
+
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (Heusel et al.
     2017, arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
@@ -104,20 +123,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     which pytorch-fid uses) this never returns NaN or a complex number, also for singular
     covariances, such as those from fewer images than features.
     """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    # check the input: matching shapes, finite, symmetric
-    d = mu1.shape[0] if mu1.ndim == 1 else -1
-    for name, a, shape in (('mu1', mu1, (d,)), ('mu2', mu2, (d,)),
-                           ('sigma1', sigma1, (d, d)), ('sigma2', sigma2, (d, d))):
-        if a.shape != shape:
-            raise ValueError(f'{name} has shape {a.shape}, expected {shape} '
-                             f'(mu1 has shape {mu1.shape})')
-        if not np.isfinite(a).all():
-            raise ValueError(f'{name} has NaN or infinite entries')
-    for name, s in (('sigma1', sigma1), ('sigma2', sigma2)):
-        if not np.allclose(s, s.T, rtol=1e-6, atol=1e-9 * max(np.abs(s).max(), 1e-300)):
-            raise ValueError(f'{name} is not symmetric, so it is not a covariance matrix')
+    mu1, sigma1 = check_gaussian(mu1, sigma1, 'mu1', 'sigma1')
+    mu2, sigma2 = check_gaussian(mu2, sigma2, 'mu2', 'sigma2')
+    if mu2.shape != mu1.shape:
+        raise ValueError(f'mu2 has shape {mu2.shape}, expected {mu1.shape} (as mu1): features of another size')
     # sqrt(sigma1) from the eigendecomposition sigma1 = V diag(w) V^T
     w, V = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     sqrt1 = (V * np.sqrt(np.clip(w, 0, None))) @ V.T                 # (d, d)
@@ -523,15 +532,11 @@ def load_images(path):
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no such file or folder')
     if path.suffix == '.npy':
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f'{path}: not a readable .npy array: empty, cut short or not numpy ({e})') from None
+        # read_file: a damaged file, or a header that claims more than memory holds, is one line
+        x = read_file(path, lambda p: np.load(p, allow_pickle=False),
+                      'a readable .npy array: empty, cut short or not numpy')
     elif path.suffix == '.pt':
-        try:
-            x = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise ValueError(f'{path}: not a readable .pt file ({e})') from None
+        x = read_file(path, lambda p: torch.load(p, map_location='cpu', weights_only=True), 'a readable .pt file')
         if not isinstance(x, torch.Tensor):
             raise ValueError(f'{path}: expected one tensor of images, got {type(x).__name__}')
     else:
@@ -548,6 +553,7 @@ def load_stats(path, classifier=None, features=None):
     stats = load_npz(path)
     if 'mu' not in stats or 'sigma' not in stats:
         raise ValueError(f'{path}: a statistics file needs arrays "mu" and "sigma", has {sorted(stats)}')
+    stats['mu'], stats['sigma'] = check_gaussian(stats['mu'], stats['sigma'], f'{path}: mu', f'{path}: sigma')
     meta = {k: v.item() for k, v in stats.items() if v.ndim == 0}
     for key, want in (('classifier', classifier), ('features', features)):
         if want is not None and meta.get(key) != want:

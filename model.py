@@ -77,6 +77,8 @@ def get_device(name='auto'):
         kind = torch.device(name).type
     except RuntimeError:
         raise ValueError(f'--device {name!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)') from None
+    if kind not in ('cpu', 'cuda', 'mps'):  # meta holds no data; xpu, hpu, ... are not supported here
+        raise ValueError(f'--device {name}: these scripts run on cpu, cuda or mps, not {kind}')
     if kind == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU')
     if kind == 'mps' and not torch.backends.mps.is_available():
@@ -85,22 +87,35 @@ def get_device(name='auto'):
 
 
 def load_classifier(path, device='cpu'):
-    """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict)."""
+    """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict).
+
+    The file is checked field by field before use: a dict, whose 'model' holds a tensor of
+    the right shape for every weight of Classifier, all finite, and an integer 'epoch' if it
+    has one; anything else gets one ValueError that names the file and the field."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f'{path}: no such checkpoint; run python train.py first') from None
     except Exception as e:  # not a zip/pickle file, or holds objects weights_only refuses
-        raise ValueError(f'{path}: not a checkpoint written by train.py ({e})') from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]   # PyTorch's first line only
+        raise ValueError(f'{path}: not a checkpoint written by train.py ({reason})') from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise ValueError(f'{path}: not a checkpoint written by train.py (no "model" entry)')
+    weights = ckpt['model']
+    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
+        raise ValueError(f'{path}: "model" must be a dict of tensors (a state_dict), got {type(weights).__name__}')
     model = Classifier().to(device)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ckpt['model'].items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
     if got != expected:
         diff = sorted(set(got.items()) ^ set(expected.items()))
         raise ValueError(f'{path}: its weights do not fit model.Classifier '
                          f'(mismatched entries, name and shape: {diff[:6]})')
-    model.load_state_dict(ckpt['model'])
+    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f'{path}: the weights {bad} hold NaN or infinite values (a run that diverged?)')
+    if 'epoch' in ckpt and (not isinstance(ckpt['epoch'], int) or ckpt['epoch'] < 0):
+        raise ValueError(f'{path}: "epoch" must be a whole number >= 0, got {ckpt["epoch"]!r}')
+    model.load_state_dict(weights)
     model.eval()
     return model, ckpt

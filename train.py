@@ -263,7 +263,11 @@ def checkpoint_to_resume(path, args):
     if 'optimizer' not in ckpt or 'rng' not in ckpt:
         raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
                          f'train.py), so it cannot be resumed. It still works for evaluation; train '
-                         f'from scratch without --resume (in another --out-dir to keep it).')
+                         f'from scratch without --resume (the old checkpoint is kept as classifier.prev.pt).')
+    missing = [k for k in ('epoch', 'history', 'config') if k not in ckpt]
+    if missing or not isinstance(ckpt['history'], dict) or not isinstance(ckpt['config'], dict):
+        raise ValueError(f'{path}: cannot be resumed: its {", ".join(missing) or "history or config"} '
+                         f'{"is" if len(missing) < 2 else "are"} missing or not what train.py writes')
     old = ckpt.get('config') or {}
     diff = [f'--{k.replace("_", "-")} {old.get(k)} there, {getattr(args, k)} now'
             for k in MUST_MATCH if old.get(k) != getattr(args, k)]

@@ -111,6 +111,9 @@ def test_bad_statistics_raise():
         frechet_distance(mu, np.triu(np.ones((3, 3))), mu, s)
     with pytest.raises(ValueError, match='NaN'):
         frechet_distance(mu, s, np.array([0, np.nan, 0]), s)
+    with pytest.raises(ValueError, match=r'sigma2 is not positive semi-definite \(an eigenvalue of -1\)'):
+        frechet_distance(mu, s, mu, np.diag([1.0, -1.0, 2.0]))      # would score a distance, not an error
+    assert frechet_distance(mu, s, mu, np.diag([1.0, -1e-12, 2.0])) >= 0   # rounding below 0 is fine
 
 # -----------------------------------------------------------------------------
 # features and statistics
@@ -405,7 +408,12 @@ def test_bad_png_folders(tmp_path):
 def test_bad_files(tmp_path):
     (tmp_path / 'empty.npy').write_bytes(b'')
     (tmp_path / 'cut.npy').write_bytes(open_npy_bytes()[:100])
-    for name in ('empty.npy', 'cut.npy'):
+    # a header that claims 100,000 x 28 x 10,000 float64 (224 GB) over a few bytes of data
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 28, 10000), }"
+    header += ' ' * (117 - len(header)) + '\n'
+    (tmp_path / 'huge.npy').write_bytes(b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode() + b'\0' * 64)
+    (tmp_path / 'pickled.pt').write_bytes(b'not a torch file')
+    for name in ('empty.npy', 'cut.npy', 'huge.npy'):
         with pytest.raises(ValueError, match='not a readable .npy array: empty, cut short') as e:
             load_images(tmp_path / name)
         assert name in str(e.value)
@@ -417,6 +425,9 @@ def test_bad_files(tmp_path):
     torch.save({'x': torch.zeros(3)}, tmp_path / 'd.pt')
     with pytest.raises(ValueError, match='expected one tensor of images, got dict'):
         load_images(tmp_path / 'd.pt')
+    with pytest.raises(ValueError, match='pickled.pt: not a readable .pt file') as e:
+        load_images(tmp_path / 'pickled.pt')
+    assert '\n' not in str(e.value)
 
 def open_npy_bytes():
     import io
@@ -438,6 +449,13 @@ def test_stats_file_round_trip_and_yardstick(tmp_path):
     np.savez(tmp_path / 'bad.npz', m=mu)
     with pytest.raises(ValueError, match='needs arrays "mu" and "sigma"'):
         load_stats(tmp_path / 'bad.npz')
+    for name, m, sig, message in (('nan.npz', mu + np.nan, sigma, 'mu has NaN'),
+                                  ('shape.npz', mu[:2], sigma, 'sigma has shape'),
+                                  ('notpsd.npz', mu, -np.eye(len(mu)), 'sigma is not positive semi-definite')):
+        np.savez(tmp_path / name, mu=m, sigma=sig)
+        with pytest.raises(ValueError, match=message) as e:
+            load_stats(tmp_path / name)
+        assert str(e.value).startswith(f'{tmp_path / name}: ')       # the file is named
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []   # no temp file left
 
 # -----------------------------------------------------------------------------
@@ -792,3 +810,11 @@ def test_cli_ctrl_c_and_an_unusable_out_dir(setup, small_mnist, monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file')])
     assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in capsys.readouterr().err
+
+def test_save_stats_into_a_folder_in_the_way(setup, small_mnist, capsys):
+    tmp_path, _ = setup
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+    (tmp_path / 's.npz').mkdir()
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
+    assert code == 1 and f'cannot write {tmp_path / "s.npz"}: a folder is in the way' in err and 'Traceback' not in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []

@@ -433,3 +433,16 @@ def test_main_out_dir_a_file_and_ctrl_c(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         mnist.main(['--out-dir', str(tmp_path / 'out')])
     assert e.value.code == 130 and 'interrupted' in capsys.readouterr().err
+
+def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    # the tests run as root, which may write anywhere: the refusal is injected, as the
+    # operating system raises it for a folder without write permission
+    import errno
+    def refuse(*a, **kw):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    monkeypatch.setattr(mnist.tempfile, 'mkstemp', refuse)
+    with pytest.raises(ValueError, match=f'cannot write into {tmp_path}/: Permission denied'):
+        mnist.check_writable(tmp_path)
+    with pytest.raises(ValueError, match='cannot write .*x.png: Permission denied'):
+        mnist.write_atomic(tmp_path / 'x.png', refuse)
+    assert list(tmp_path.iterdir()) == []

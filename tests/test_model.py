@@ -93,6 +93,28 @@ def test_load_classifier_errors(tmp_path):
     torch.save({'weights': 1}, no_model)
     with pytest.raises(ValueError, match='no "model" entry'):
         load_classifier(no_model)
+    assert '\n' not in str(e.value)                                  # PyTorch's first line, not its paragraph
+
+def test_load_classifier_checks_every_field(tmp_path):
+    good = {k: v.clone() for k, v in Classifier().state_dict().items()}
+    nan = {**good, 'layers.6.weight': good['layers.6.weight'].clone().fill_(float('nan'))}
+    cases = [({'model': [1, 2]}, '"model" must be a dict of tensors'),
+             ({'model': {**good, 'layers.0.bias': 3}}, '"model" must be a dict of tensors'),
+             ({'model': nan}, r"the weights \['layers.6.weight'\] hold NaN"),
+             ({'model': good, 'epoch': 'ten'}, '"epoch" must be a whole number'),
+             ({'model': good, 'epoch': -1}, '"epoch" must be a whole number')]
+    for i, (ckpt, message) in enumerate(cases):
+        torch.save(ckpt, tmp_path / f'{i}.pt')
+        with pytest.raises(ValueError, match=message) as e:
+            load_classifier(tmp_path / f'{i}.pt')
+        assert f'{i}.pt' in str(e.value) and '\n' not in str(e.value)
+    torch.save({'model': good, 'epoch': 3}, tmp_path / 'ok.pt')
+    assert load_classifier(tmp_path / 'ok.pt')[1]['epoch'] == 3
+
+@pytest.mark.parametrize('name', ['meta', 'xpu', 'hpu'])
+def test_get_device_only_what_the_scripts_run_on(name):
+    with pytest.raises(ValueError, match=f'--device {name}: these scripts run on cpu, cuda or mps'):
+        get_device(name)
 
 @pytest.mark.parametrize('after_relu', [False, True])
 def test_features_and_logits_in_one_pass(after_relu):

@@ -445,3 +445,13 @@ def test_cli_seed_range(seed, capsys):
     with pytest.raises(SystemExit) as e:
         train_py.main(['--seed', seed])
     assert e.value.code == 2 and '--seed must be in [0, 2**64)' in capsys.readouterr().err
+
+def test_resume_needs_every_field(tmp_path, fake_data, capsys):
+    assert main(tmp_path, '--epochs', '2') == 0
+    ckpt_path = tmp_path / 'out' / 'classifier.pt'
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt['epoch']
+    torch.save(ckpt, ckpt_path)
+    assert main(tmp_path, '--epochs', '4', '--resume') == 1
+    err = capsys.readouterr().err
+    assert f'{ckpt_path}: cannot be resumed: its epoch is missing' in err and 'Traceback' not in err
