@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, read_file, save_npz
+from mnist import SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, read_file, save_npz, seed_arg
 from model import get_device, load_classifier
 
 FEATURES = 128          # the size of the feature vector
@@ -716,7 +716,7 @@ def main(argv=None):
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the cached training features and the figures')
     parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
-    parser.add_argument('--seed', type=int, default=0, help='seed for the random subsets and the noise')
+    parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the random subsets and the noise')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     args = parser.parse_args(argv)
     if len(args.inputs) > 2:
@@ -725,8 +725,6 @@ def main(argv=None):
         parser.error('--save-stats needs exactly one input')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    if not 0 <= args.seed < 2 ** 64:
-        parser.error(f'--seed must be in [0, 2**64), what torch.manual_seed takes; got {args.seed}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:

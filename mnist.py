@@ -372,13 +372,24 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
 
 # -----------------------------------------------------------------------------
 
+def seed_arg(text):
+    """argparse type of every --seed: a whole number torch.manual_seed takes, [0, 2**64)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f'{value} is not in [0, 2**64), the seeds torch.manual_seed takes')
+    return value
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the figure')
-    parser.add_argument('--seed', type=int, default=0, help='which random digits to plot')
+    parser.add_argument('--seed', type=seed_arg, default=0, help='which random digits to plot')
     args = parser.parse_args(argv)
     print(vars(args))
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist import check_writable, load_mnist, save_figure, write_atomic
+from mnist import check_writable, load_mnist, save_figure, seed_arg, write_atomic
 from model import Classifier, get_device, load_classifier
 
 # a resumed run must train the same way as the run it continues: these settings change
@@ -290,7 +290,7 @@ def main(argv=None):
     parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch (also when resuming)')
     parser.add_argument('--batch-size', type=int, default=256, help='images per optimisation step')
     parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
-    parser.add_argument('--seed', type=int, default=0, help='seed for the weights, the order and dropout')
+    parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the weights, the order and dropout')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     # output
     parser.add_argument('--log-every', type=int, default=10, help="evaluate and checkpoint every this many epochs (the blog's i_log)")
@@ -308,8 +308,6 @@ def main(argv=None):
         parser.error(f'--lr must be positive, got {args.lr}')
     if args.compare_blog_loop < 0:
         parser.error(f'--compare-blog-loop must be 0 (off) or a number of rounds, got {args.compare_blog_loop}')
-    if not 0 <= args.seed < 2 ** 64:
-        parser.error(f'--seed must be in [0, 2**64), what torch.manual_seed takes; got {args.seed}')
     try:
         args.device = get_device(args.device)
     except ValueError as e:

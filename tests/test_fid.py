@@ -792,7 +792,7 @@ def test_save_stats_never_writes_over_the_input_and_seed_range(setup, small_mnis
             fid.main([str(tmp_path / 'gen.npy'), *map(str, argv)])
         assert e.value.code == 2
     err = capsys.readouterr().err
-    assert 'would write over the input' in err and '--seed must be in [0, 2**64)' in err
+    assert 'would write over the input' in err and 'argument --seed: -1 is not in [0, 2**64)' in err
     assert (tmp_path / 'gen.npy').read_bytes() == before
 
 def test_cli_ctrl_c_and_an_unusable_out_dir(setup, small_mnist, monkeypatch, capsys):
@@ -818,3 +818,24 @@ def test_save_stats_into_a_folder_in_the_way(setup, small_mnist, capsys):
     code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
     assert code == 1 and f'cannot write {tmp_path / "s.npz"}: a folder is in the way' in err and 'Traceback' not in err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
+
+def test_cli_damaged_files_are_one_line_each(setup, small_mnist, capsys):
+    tmp_path, model = setup
+    save_stats(tmp_path / 's.npz', *mean_cov(torch.randn(50, 128)), classifier='abc', features='post', n=50)
+    whole = (tmp_path / 's.npz').read_bytes()
+    (tmp_path / 'cut.npz').write_bytes(whole[:len(whole) // 2])
+    np.save(tmp_path / 'images.npy', small_mnist[2][:20].numpy())
+    (tmp_path / 'images.npy').rename(tmp_path / 'renamed.npz')
+    torch.save(small_mnist[2][:20].to_sparse(), tmp_path / 'sparse.pt')
+    nan = {k: v.clone().fill_(float('nan')) for k, v in model.state_dict().items()}
+    torch.save({'model': nan, 'epoch': 3}, tmp_path / 'nan.pt')
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:20].numpy())
+    for argv, named in (([tmp_path / 'cut.npz'], 'cut.npz'), ([tmp_path / 'renamed.npz'], 'renamed.npz'),
+                        ([tmp_path / 'sparse.pt'], 'sparse.pt'),
+                        ([tmp_path / 'gen.npy', '--checkpoint', tmp_path / 'nan.pt'], 'nan.pt')):
+        with pytest.raises(SystemExit) as e:
+            fid.main([*map(str, argv), '--out-dir', str(tmp_path / 'out'), '--device', 'cpu',
+                      *(['--checkpoint', str(tmp_path / 'c.pt')] if '--checkpoint' not in argv else [])])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and named in err and err.count('\n') == 1 and 'Traceback' not in err, named
+    assert [p.name for p in tmp_path.rglob('.*')] == []                # no temporary file anywhere

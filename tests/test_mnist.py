@@ -446,3 +446,11 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match='cannot write .*x.png: Permission denied'):
         mnist.write_atomic(tmp_path / 'x.png', refuse)
     assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize('text, message', [('-1', '-1 is not in [0, 2**64)'), (str(2 ** 64), 'is not in [0, 2**64)'),
+                                           ('1.5', "'1.5' is not a whole number")])
+def test_seed_flag_range(text, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        mnist.main(['--seed', text])
+    assert e.value.code == 2 and f'argument --seed: ' in (err := capsys.readouterr().err) and message in err
+    assert mnist.seed_arg(str(2 ** 64 - 1)) == 2 ** 64 - 1

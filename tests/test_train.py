@@ -444,7 +444,7 @@ def test_ctrl_c_while_loading_the_data(tmp_path, monkeypatch, capsys):
 def test_cli_seed_range(seed, capsys):
     with pytest.raises(SystemExit) as e:
         train_py.main(['--seed', seed])
-    assert e.value.code == 2 and '--seed must be in [0, 2**64)' in capsys.readouterr().err
+    assert e.value.code == 2 and f'argument --seed: {seed} is not in [0, 2**64)' in capsys.readouterr().err
 
 def test_resume_needs_every_field(tmp_path, fake_data, capsys):
     assert main(tmp_path, '--epochs', '2') == 0
