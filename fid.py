@@ -734,9 +734,12 @@ def main(argv=None):
     inputs = [Path(p).resolve() for p in args.inputs]
     if args.save_stats and Path(args.save_stats).resolve() in inputs:
         parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
+    if args.save_stats and Path(args.save_stats).suffix != '.npz':
+        parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
 
     try:
-        check_writable(args.out_dir)
+        for folder in {Path(args.out_dir), *([Path(args.save_stats).parent] if args.save_stats else [])}:
+            check_writable(folder)                                    # before any work
         model, _ = load_classifier(args.checkpoint, args.device)
         cid = classifier_id(args.checkpoint)
         train_ref = lambda: train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu,
@@ -781,8 +784,9 @@ def main(argv=None):
             plot_copies(x, r, cref, path)
             print(f'wrote {path}')
         if args.save_stats:
+            replaced = Path(args.save_stats).exists()
             save_stats(args.save_stats, r['mu'], r['sigma'], classifier=cid, features=args.features, n=r['n'])
-            print(f'wrote {args.save_stats}')
+            print(f'wrote {args.save_stats}' + (' (it replaced the file that was there)' if replaced else ''))
     except (FileNotFoundError, ValueError) as e:
         parser.exit(1, f'error: {e}\n')
     except KeyboardInterrupt:

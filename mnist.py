@@ -241,6 +241,7 @@ def write_atomic(path, write):
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, 'a folder is in the way')
+        in_the_way(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
@@ -251,11 +252,20 @@ def write_atomic(path, write):
             raise ValueError(f'cannot write {path}: {reason(e)}') from None
         raise
 
+def in_the_way(folder):
+    """Raise NotADirectoryError naming the file that stands where folder or a parent should be."""
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f'{p} is a file, not a folder')
+            return
+
 def check_writable(folder):
     """Make folder (and its parents) and write and remove a test file in it, so that a run
     learns at its start, not after an hour, that it could not save its results."""
     folder = Path(folder)
     try:
+        in_the_way(folder)
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix='.write-test-')
         os.close(fd)
@@ -310,11 +320,14 @@ def cached(path, build, **key):
     return z
 
 def reason(e):
-    """The first line of an exception's message, for a one-line error."""
+    """The cause of an exception in one line, for a one-line error."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    text = str(e)
+    if 'WeightsUnpickler error:' in text:  # PyTorch's weights_only paragraph: keep only its cause
+        text = text.split('WeightsUnpickler error:', 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 def save_figure(fig, path):
     """Save a matplotlib figure as PNG via a temporary name and a rename."""

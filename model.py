@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnist import reason
+
 
 class Classifier(nn.Module):
 
@@ -97,8 +99,7 @@ def load_classifier(path, device='cpu'):
     except FileNotFoundError:
         raise FileNotFoundError(f'{path}: no such checkpoint; run python train.py first') from None
     except Exception as e:  # not a zip/pickle file, or holds objects weights_only refuses
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]   # PyTorch's first line only
-        raise ValueError(f'{path}: not a checkpoint written by train.py ({reason})') from None
+        raise ValueError(f'{path}: not a checkpoint written by train.py (torch.load: {reason(e)})') from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise ValueError(f'{path}: not a checkpoint written by train.py (no "model" entry)')
     weights = ckpt['model']

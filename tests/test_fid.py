@@ -787,12 +787,13 @@ def test_save_stats_never_writes_over_the_input_and_seed_range(setup, small_mnis
     tmp_path, _ = setup
     np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
     before = (tmp_path / 'gen.npy').read_bytes()
-    for argv in (['--save-stats', tmp_path / 'gen.npy'], ['--seed', -1]):
+    for argv in (['--save-stats', tmp_path / 'gen.npy'], ['--seed', -1], ['--save-stats', tmp_path / 'gen.npz.bak']):
         with pytest.raises(SystemExit) as e:
             fid.main([str(tmp_path / 'gen.npy'), *map(str, argv)])
         assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'would write over the input' in err and 'argument --seed: -1 is not in [0, 2**64)' in err
+    assert 'gen.npz.bak: statistics files end in .npz' in err
     assert (tmp_path / 'gen.npy').read_bytes() == before
 
 def test_cli_ctrl_c_and_an_unusable_out_dir(setup, small_mnist, monkeypatch, capsys):
@@ -839,3 +840,11 @@ def test_cli_damaged_files_are_one_line_each(setup, small_mnist, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 1 and named in err and err.count('\n') == 1 and 'Traceback' not in err, named
     assert [p.name for p in tmp_path.rglob('.*')] == []                # no temporary file anywhere
+
+def test_save_stats_says_when_it_replaces_a_file(setup, small_mnist, capsys):
+    tmp_path, _ = setup
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
+    assert code == 0 and 'replaced' not in out
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
+    assert code == 0 and f'wrote {tmp_path / "s.npz"} (it replaced the file that was there)' in out

@@ -454,3 +454,19 @@ def test_seed_flag_range(text, message, capsys):
         mnist.main(['--seed', text])
     assert e.value.code == 2 and f'argument --seed: ' in (err := capsys.readouterr().err) and message in err
     assert mnist.seed_arg(str(2 ** 64 - 1)) == 2 ** 64 - 1
+
+def test_a_file_where_a_folder_should_be_is_named(tmp_path):
+    (tmp_path / 'afile').write_bytes(b'mine')
+    with pytest.raises(ValueError, match=f'cannot write into {tmp_path / "afile" / "sub"}/: {tmp_path / "afile"} is a file, not a folder'):
+        mnist.check_writable(tmp_path / 'afile' / 'sub')
+    with pytest.raises(ValueError, match=f'{tmp_path / "afile"} is a file, not a folder'):
+        mnist.write_atomic(tmp_path / 'afile' / 'x.png', lambda tmp: Path(tmp).write_bytes(b'x'))
+    assert (tmp_path / 'afile').read_bytes() == b'mine'
+
+def test_reason_keeps_the_cause_of_pytorchs_weights_only_paragraph(tmp_path):
+    (tmp_path / 'x.pt').write_bytes(b'not a checkpoint at all')
+    try:
+        torch.load(tmp_path / 'x.pt', weights_only=True)
+    except Exception as e:
+        text = mnist.reason(e)
+    assert '\n' not in text and 'weights_only' not in text and len(text) < 100
