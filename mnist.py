@@ -1,6 +1,8 @@
 """
 MNIST from the raw bytes: an IDX parser, a verified downloader, and the loader that
-train.py, inspect_activations.py and fid.py use.
+train.py, inspect_activations.py and fid.py use; and the one way every script writes and
+reads its files (write_atomic, check_writable, read_file, the .npz caches) and draws its
+tiled figures.
 
     python mnist.py                 # print the split sizes, write out/mnist_samples.png
 
@@ -228,7 +230,7 @@ def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
     return x_train, y_train, x_val, y_val
 
 # -----------------------------------------------------------------------------
-# writing and reading files: one way to succeed, one way to fail
+# writing and reading files: one way to succeed, one way to fail (see the README's guarantees)
 
 def write_atomic(path, write):
     """Create or replace the file at path through a temporary name beside it: write(tmp)
