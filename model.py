@@ -3,10 +3,12 @@ The MNIST classifier of the blog post "Latent Diffusion Series: MNIST Classifier
 (Nick Tasios), layer for layer, plus the 128-d feature vector that the blog histograms and
 that fid.py uses to score generated digits.
 
-    from model import Classifier, load_classifier
+    from model import Classifier, load_classifier, classifier_id
     model = Classifier()
     logits = model(x)             # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
     f = model.features(x)         # (B, 128): last convolution before its ReLU, pooled
+    model, ckpt = load_classifier('out/classifier.pt')   # a checkpoint written by train.py
+    classifier_id('out/classifier.pt')                    # its name, e.g. 'a7a15236ad73'
 
 A LeNet-like CNN: three 3x3 convolutions with ReLU, each followed by a pooling that
 halves (max) or quarters (average) the resolution, then dropout and one linear layer.
@@ -16,6 +18,9 @@ Parameter count: the blog's text says 16,554 parameters, but the code it prints 
 layer list and its 8x16x16 / 16x8x8 / 32x2x2 shapes gives 16,554. We follow the printed
 code, so this model has 7,178 parameters.
 """
+
+import hashlib
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -120,3 +125,9 @@ def load_classifier(path, device='cpu'):
     model.load_state_dict(weights)
     model.eval()
     return model, ckpt
+
+
+def classifier_id(path):
+    """The name of a trained classifier: the first 12 hex digits of its checkpoint file's
+    SHA-256. fid.py reports every number with it (the yardstick), and train.py prints it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist import check_writable, load_mnist, save_figure, seed_arg, write_atomic
-from model import Classifier, get_device, load_classifier
+from model import Classifier, classifier_id, get_device, load_classifier
 
 # a resumed run must train the same way as the run it continues: these settings change
 # what is learned, so they must match the checkpoint's (--epochs may differ: it only says
@@ -372,7 +372,8 @@ def run(args, argv, parser):
     _, acc = evaluate(model, x_val, y_val)
     print(f'Model accuracy: {100 * acc:.2f}%')
     plot_loss(history, Path(args.out_dir) / 'loss.png')
-    print(f'wrote {ckpt_path} and {Path(args.out_dir) / "loss.png"}')
+    print(f'wrote {ckpt_path} (classifier {classifier_id(ckpt_path)}: the name fid.py gives its numbers) '
+          f'and {Path(args.out_dir) / "loss.png"}')
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 """
 Tests for fid.py: FID against closed forms and an independent computation, KID against a
 double loop over all pairs, precision and recall against point clouds with known answers
-and a brute-force computation, the digit metrics against closed forms, every input shape
-and bad input, the yardstick, the cache, the reference table and the command line.
+and a brute-force computation, the digit metrics against closed forms, bad statistics
+files, the yardstick, the cache, the reference table and the command line.
 """
 
 import argparse
@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 import fid
 from fid import (classifier_score, embed, frechet_distance, kernel_inception_distance, kl_divergence,
-                 knn_radii2, load_images, load_stats, manifold_metrics, mean_cov, mmd2_unbiased,
-                 read_png_folder, reference, report, report_from_features, save_stats, to_model_input)
-from mnist import load_mnist, pad
-from model import Classifier
+                 knn_radii2, load_stats, manifold_metrics, mean_cov, mmd2_unbiased, reference, report,
+                 report_from_features)
+from mnist import load_mnist, pad, save_npz, to_model_input
+from model import Classifier, classifier_id
 from train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,129 +315,11 @@ def test_report_digits_against_a_direct_count():
     assert math.isnan(tiny['precision']) and math.isnan(tiny['density']) and any('at least 6 images' in w for w in tiny['warnings'])
 
 # -----------------------------------------------------------------------------
-# inputs
-
-@pytest.mark.parametrize('shape', [(5, 28, 28), (5, 1, 28, 28), (5, 28, 28, 1), (5, 784),
-                                   (5, 32, 32), (5, 1, 32, 32), (5, 32, 32, 1), (5, 1024)])
-def test_accepted_shapes(shape):
-    base = torch.rand(5, *((28, 28) if 784 in shape or 28 in shape else (32, 32)))
-    y = to_model_input(base.reshape(shape), 'x')
-    assert y.shape == (5, 1, 32, 32) and y.dtype == torch.float32
-    expected = pad(base) if base.shape[1] == 28 else base             # padded as mnist.py pads MNIST
-    torch.testing.assert_close(y[:, 0], expected, rtol=0, atol=0)
-
-def test_floats_a_rounding_error_outside_0_1_are_clipped():
-    x = torch.rand(3, 28, 28)
-    x[0, 5, 5], x[1, 6, 6] = 1 + 1e-7, -1e-8                          # float32 arithmetic in a generator
-    y = to_model_input(x, 'x')
-    assert y.min() == 0 and y.max() == 1
-    torch.testing.assert_close(y[:, 0, 2:30, 2:30], x.clamp(0, 1), rtol=0, atol=0)
-
-def test_uint8_is_scaled():
-    x = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
-    y = to_model_input(x.astype(np.uint8), 'x')
-    torch.testing.assert_close(y[:, 0, 2:30, 2:30], torch.from_numpy(x).float() / 255)
-
-@pytest.mark.parametrize('x, message', [
-    (np.zeros((5, 28, 27), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((5, 3, 32, 32), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((5, 28, 28, 3), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((28, 28), np.float32), 'expected grayscale images of shape'),
-    (np.full((5, 28, 28), np.nan, np.float32), 'NaN or infinite'),
-    (np.full((5, 28, 28), np.inf), 'NaN or infinite'),
-    (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\].*divide uint8 values by 255'),
-    (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28), r'map them with \(x \+ 1\) / 2'),
-    (np.zeros((5, 28, 28), np.int64), 'got numpy dtype int64'),
-    (torch.zeros(5, 28, 28, dtype=torch.int16), 'got torch.int16'),
-    (np.zeros((1, 28, 28), np.float32), 'at least 2 images'),
-    (np.full((5, 28, 28), 'a'), 'images of numbers'),                # strings
-    (np.zeros((5, 28, 28), 'datetime64[s]'), 'images of numbers'),
-    (np.zeros((5, 28, 28), [('a', 'f4')]), 'images of numbers'),     # a structured array
-    (torch.zeros(5, 28, 28).to_sparse(), 'x.to_dense()'),
-    (np.full((5, 28, 28), 0.5) + np.eye(28) * (0.5 + 2e-6), r'from 0.5 to 1.000002: divide'),   # not rounding
-    (np.full((5, 28, 28), 0.5) - np.eye(28) * 0.6, r'from -0.1 to 0.5: divide'),  # not [-1, 1]-like
-])
-def test_bad_images_raise(x, message):
-    with pytest.raises(ValueError, match=message) as e:
-        to_model_input(x, 'samples.npy')
-    assert 'samples.npy' in str(e.value)
-
-def write_pngs(folder, u8, mode='L'):
-    """uint8 images (N, H, W) as PNG files of a PIL mode: L (gray), LA, RGB or RGBA (opaque)."""
-    from PIL import Image  # Pillow comes with matplotlib
-    folder.mkdir()
-    for i, a in enumerate(u8):
-        channels = {'L': [a], 'LA': [a, 255 + 0 * a], 'RGB': [a] * 3, 'RGBA': [a] * 3 + [255 + 0 * a]}[mode]
-        Image.fromarray(np.stack(channels, -1).squeeze(-1) if mode == 'L' else np.stack(channels, -1), mode).save(folder / f'{i:03d}.png')
-    return folder
-
-@pytest.mark.parametrize('mode', ['L', 'LA', 'RGB', 'RGBA'])
-def test_png_folder_reads_like_the_npy(tmp_path, mode):
-    u8 = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
-    x = read_png_folder(write_pngs(tmp_path / 'pngs', u8, mode))
-    np.testing.assert_array_equal(x, u8 / np.float32(255))
-    np.save(tmp_path / 'same.npy', u8)
-    torch.testing.assert_close(load_images(tmp_path / 'pngs'), load_images(tmp_path / 'same.npy'), rtol=0, atol=0)
-
-def test_bad_png_folders(tmp_path):
-    (tmp_path / 'empty').mkdir()
-    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
-    with pytest.raises(ValueError, match='no .png images in this folder'):
-        read_png_folder(tmp_path / 'empty')
-    from matplotlib.image import imsave
-    mixed = write_pngs(tmp_path / 'mixed', np.zeros((2, 28, 28), np.uint8))
-    imsave(mixed / '002.png', np.zeros((32, 32)), cmap='gray')
-    with pytest.raises(ValueError, match='mixed sizes: 000.png is 28x28, 002.png is 32x32'):
-        read_png_folder(mixed)
-    colour = tmp_path / 'colour'
-    colour.mkdir()
-    rgb = np.zeros((28, 28, 3), np.uint8)
-    rgb[..., 0] = 200
-    imsave(colour / 'a.png', rgb)
-    with pytest.raises(ValueError, match='a.png: a colour image'):
-        read_png_folder(colour)
-    clear = tmp_path / 'clear'
-    clear.mkdir()
-    imsave(clear / 'a.png', np.zeros((28, 28, 4), np.uint8))          # alpha 0: transparent
-    with pytest.raises(ValueError, match='transparent'):
-        read_png_folder(clear)
-    (clear / 'a.png').write_bytes(b'not a png')
-    with pytest.raises(ValueError, match='a.png: not a readable PNG'):
-        read_png_folder(clear)
-
-def test_bad_files(tmp_path):
-    (tmp_path / 'empty.npy').write_bytes(b'')
-    (tmp_path / 'cut.npy').write_bytes(open_npy_bytes()[:100])
-    # a header that claims 100,000 x 28 x 10,000 float64 (224 GB) over a few bytes of data
-    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 28, 10000), }"
-    header += ' ' * (117 - len(header)) + '\n'
-    (tmp_path / 'huge.npy').write_bytes(b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode() + b'\0' * 64)
-    (tmp_path / 'pickled.pt').write_bytes(b'not a torch file')
-    for name in ('empty.npy', 'cut.npy', 'huge.npy'):
-        with pytest.raises(ValueError, match='not a readable .npy array: empty, cut short') as e:
-            load_images(tmp_path / name)
-        assert name in str(e.value)
-    with pytest.raises(FileNotFoundError, match='no such file or folder'):
-        load_images(tmp_path / 'missing.npy')
-    (tmp_path / 'x.txt').write_text('1 2 3')
-    with pytest.raises(ValueError, match='expected a .npy or .pt file'):
-        load_images(tmp_path / 'x.txt')
-    torch.save({'x': torch.zeros(3)}, tmp_path / 'd.pt')
-    with pytest.raises(ValueError, match='expected one tensor of images, got dict'):
-        load_images(tmp_path / 'd.pt')
-    with pytest.raises(ValueError, match='pickled.pt: not a readable .pt file') as e:
-        load_images(tmp_path / 'pickled.pt')
-    assert '\n' not in str(e.value)
-
-def open_npy_bytes():
-    import io
-    b = io.BytesIO()
-    np.save(b, np.zeros((10, 28, 28), np.float32))
-    return b.getvalue()
+# statistics files
 
 def test_stats_file_round_trip_and_yardstick(tmp_path):
     mu, sigma = np.arange(3.0), np.eye(3)
-    save_stats(tmp_path / 's.npz', mu, sigma, classifier='abc', features='post', n=7)
+    save_npz(tmp_path / 's.npz', mu=mu, sigma=sigma, classifier='abc', features='post', n=7)   # as --save-stats writes
     mu2, sigma2, meta = load_stats(tmp_path / 's.npz', 'abc', 'post')
     np.testing.assert_array_equal(mu2, mu)
     np.testing.assert_array_equal(sigma2, sigma)
@@ -762,7 +644,7 @@ def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypat
     for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies', 'classifier_score',
                 'digit_kl', 'classifier', 'features', 'n'):
         assert r[key] == printed[key], key
-    assert r['copies'] == 1.0 and r['classifier'] == fid.classifier_id(tmp_path / 'c.pt')
+    assert r['copies'] == 1.0 and r['classifier'] == classifier_id(tmp_path / 'c.pt')
     for key in ('copy_ratio', 'copy_distance', 'nearest_train', 'pred', 'confidence'):
         assert torch.equal(r['per_sample'][key], printed['per_sample'][key]), key
     # score()'s features flag reaches the report
@@ -778,7 +660,7 @@ def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypat
     drawn = {}
     monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **kw: drawn.update(tiles=tiles, title=title, **kw))
     cref = fid.train_copy_reference(out_dir=tmp_path / 'out')
-    fid.plot_copies(fid.to_model_input(x, 'x'), r, cref, tmp_path / 'c.png', n=6, per_row=4)
+    fid.plot_copies(to_model_input(x, 'x'), r, cref, tmp_path / 'c.png', n=6, per_row=4)
     tiles = drawn['tiles']                                            # (2, 8, 32, 32): 4 pairs a row
     assert tiles.shape == (2, 8, 32, 32) and np.isnan(tiles[1, 4:]).all()   # 6 pairs, then blanks
     first = int(r['per_sample']['copy_ratio'].argsort()[0])
@@ -825,7 +707,8 @@ def test_save_stats_into_a_folder_in_the_way(setup, small_mnist, capsys):
 
 def test_cli_damaged_files_are_one_line_each(setup, small_mnist, capsys):
     tmp_path, model = setup
-    save_stats(tmp_path / 's.npz', *mean_cov(torch.randn(50, 128)), classifier='abc', features='post', n=50)
+    mu, sigma = mean_cov(torch.randn(50, 128))
+    save_npz(tmp_path / 's.npz', mu=mu, sigma=sigma, classifier='abc', features='post', n=50)
     whole = (tmp_path / 's.npz').read_bytes()
     (tmp_path / 'cut.npz').write_bytes(whole[:len(whole) // 2])
     np.save(tmp_path / 'images.npy', small_mnist[2][:20].numpy())

@@ -5,6 +5,7 @@ bit-for-bit reproducibility on the CPU, Ctrl-C and --resume, the stop on a non-f
 and the effect of every command-line flag.
 """
 
+import hashlib
 import math
 import signal
 import subprocess
@@ -289,6 +290,9 @@ def test_cli_flags_reach_the_run(tmp_path, fake_data, capsys):
     stdout = capsys.readouterr().out
     assert 'Model accuracy' in stdout and 'median' in stdout and 'img/s' in stdout
     assert f'Model accuracy: {100 * ckpt["val_acc"]:.2f}%' in stdout
+    # the name fid.py gives the numbers it measures with this classifier: of the final file
+    cid = hashlib.sha256((tmp_path / 'out' / 'classifier.pt').read_bytes()).hexdigest()[:12]
+    assert f'(classifier {cid}:' in stdout
 
 def test_cli_seed(tmp_path, fake_data):
     for out, seed in (('a', 1), ('b', 1), ('c', 2)):
