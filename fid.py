@@ -73,12 +73,22 @@ def embed(model, x, after_relu=True, batch_size=1000):
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    # on the CPU, the convolutions run 2-3x faster with the channels stored last (each
+    # pixel's channels side by side in memory: measured here, 10,000 digits in 0.4 s
+    # instead of 1.0 s); the results agree to float32 rounding. The model is put back after.
+    fast = device.type == 'cpu'
+    if fast:
+        model.to(memory_format=torch.channels_last)
     f, p = torch.empty(len(x), FEATURES), torch.empty(len(x), 10)    # (N, 128), (N, 10)
-    for i in range(0, len(x), batch_size):
-        fb, logits = model.features_and_logits(x[i:i + batch_size].to(device), after_relu)
-        f[i:i + batch_size] = fb.float().cpu()                        # (B, 128)
-        p[i:i + batch_size] = logits.float().softmax(1).cpu()         # (B, 10)
-    model.train(was_training)
+    try:
+        for i in range(0, len(x), batch_size):
+            fb, logits = model.features_and_logits(x[i:i + batch_size].to(device), after_relu)
+            f[i:i + batch_size] = fb.float().cpu()                    # (B, 128)
+            p[i:i + batch_size] = logits.float().softmax(1).cpu()     # (B, 10)
+    finally:
+        model.train(was_training)
+        if fast:
+            model.to(memory_format=torch.contiguous_format)
     return f, p
 
 def mean_cov(f):
@@ -173,9 +183,14 @@ def squared_distances(a, b):
     """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul."""
     return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_(min=0)
 
-def knn_radii2(f, k=PR_K, block=1000):
+def knn_radii2(f, k=PR_K, block=500):
     """Squared distance from each row of f (N, D) to its k-th nearest other row: (N,). With
-    k a tuple, one column per k, (N, len(k)), from a single pass."""
+    k a tuple, one column per k, (N, len(k)), from a single pass.
+
+    Here and in manifold_metrics the rows go in blocks of 500, so that each (500, 10,000)
+    float32 temporary takes 20 MB: above 32 MB, the C library (glibc) gives a freed block
+    back to the system at once, and the next block pays for the memory again, page by page
+    (measured here: 1,000-row blocks made these metrics take 1.7 s instead of 0.9 s)."""
     largest, columns = (max(k), list(k)) if isinstance(k, tuple) else (k, k)
     out = []
     for i in range(0, len(f), block):
@@ -184,7 +199,7 @@ def knn_radii2(f, k=PR_K, block=1000):
         out.append(nearest[:, columns])                               # (B,) or (B, len(k))
     return torch.cat(out)
 
-def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=1000):
+def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500):
     """Precision, recall, density and coverage of features f_gen (N, D) against f_real (M, D),
     from the real rows' k-NN balls: the ball around a point reaches to its k-th nearest
     neighbour in its own set (radii2_*: those squared radii, when already known).

@@ -129,6 +129,20 @@ def test_embed_equals_the_model_and_restores_its_mode():
         torch.testing.assert_close(p, model(x).softmax(1))              # dropout off
         model.train()
     assert model.training and f.shape == (53, 128) and p.shape == (53, 10)
+    # the weights are back in their usual layout (embed stores the channels last on the CPU),
+    # also when a batch fails half-way (Ctrl-C)
+    assert all(w.is_contiguous() for w in model.parameters())
+    calls = []
+    def fail_second(x, after_relu):
+        calls.append(model.layers[3].weight.is_contiguous(memory_format=torch.channels_last))   # (16, 8, 3, 3)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return Classifier.features_and_logits(model, x, after_relu)
+    model.features_and_logits = fail_second
+    with pytest.raises(KeyboardInterrupt):
+        embed(model, x, batch_size=8)
+    assert calls == [True, True]                                      # the fast layout was used
+    assert model.training and all(w.is_contiguous() for w in model.parameters())
 
 def test_mean_cov_equals_numpy_also_with_a_large_mean():
     rng = np.random.default_rng(0)
