@@ -498,7 +498,7 @@ def load_stats(path, classifier=None, features=None):
 # -----------------------------------------------------------------------------
 # the caches in out/: what the training set looks like, computed once
 
-CACHE_VERSION = 2       # bump when what a cache holds changes
+CACHE_VERSION = 3       # bump when what a cache holds changes (3: features from the channels-last embed)
 DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-images-idx3-ubyte']).encode()).hexdigest()[:12]
 
 def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_relu=True, seed=0, batch_size=1000):
