@@ -414,8 +414,8 @@ def report(model, x_generated, ref, after_relu=True, batch_size=1000, seed=0, cl
     return card(model, x, ref, after_relu, batch_size, seed, classifier, cref)
 
 def card(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, cref=None):
-    """report() of images x already shaped (N, 1, 32, 32) and checked (the reference table
-    scores unclipped noise too)."""
+    """report() of images x already shaped (N, 1, 32, 32) and checked: load_images' output,
+    or the reference table's rows (whose unclipped noise to_model_input would refuse)."""
     t0 = time.perf_counter()
     f, probs = embed(model, x, after_relu, batch_size)                # (N, 128), (N, 10)
     r = report_from_features(f, probs, ref, seed)
@@ -498,7 +498,9 @@ def load_stats(path, classifier=None, features=None):
 # -----------------------------------------------------------------------------
 # the caches in out/: what the training set looks like, computed once
 
-CACHE_VERSION = 3       # bump when what a cache holds changes (3: features from the channels-last embed)
+# each cache's format version: bump it when what that cache holds changes
+REFERENCE_VERSION = 3   # the training features (3: computed by the channels-last embed)
+COPIES_VERSION = 2      # the copy search's pixels and tau (pixels only: embed does not touch it)
 DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-images-idx3-ubyte']).encode()).hexdigest()[:12]
 
 def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_relu=True, seed=0, batch_size=1000):
@@ -512,7 +514,7 @@ def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_rel
         return {'f': f.numpy(), 'pred': ref['pred'].numpy().astype(np.uint8), 'mu': ref['mu'], 'sigma': ref['sigma'],
                 'radii2': ref['radii2'].numpy(), 'radii2_dc': ref['radii2_dc'].numpy(), 'n': len(f)}
     z = cached(Path(out_dir) / f'train_reference_{features}.npz', build, classifier=classifier_id(checkpoint),
-               features=features, seed=seed, data=DATA_ID, version=CACHE_VERSION)
+               features=features, seed=seed, data=DATA_ID, version=REFERENCE_VERSION)
     return reference(torch.from_numpy(z['f']), torch.from_numpy(z['pred']).long(), seed, z['mu'], z['sigma'],
                      torch.from_numpy(z['radii2']), torch.from_numpy(z['radii2_dc']))
 
@@ -525,7 +527,7 @@ def train_copy_reference(data_dir='data', out_dir='out'):
         cref = copy_reference(x_train[:, None], x_val[:, None])
         return {k: v.numpy() if torch.is_tensor(v) else v for k, v in cref.items()}
     z = cached(Path(out_dir) / 'train_copies.npz', build, data=DATA_ID, dims=COPY_DIMS,
-               candidates=COPY_CANDIDATES, rate=COPY_RATE, version=CACHE_VERSION)
+               candidates=COPY_CANDIDATES, rate=COPY_RATE, version=COPIES_VERSION)
     return {'train': torch.from_numpy(z['train']), 'mean': torch.from_numpy(z['mean']),
             'axes': torch.from_numpy(z['axes']), 'z': torch.from_numpy(z['z']), 'tau': float(z['tau'])}
 
@@ -700,7 +702,7 @@ def main(argv=None):
             ref, cref, real_name = reference(f_real, p_real.argmax(1), args.seed), None, args.inputs[1]
         else:
             ref, cref, real_name = train_ref(), copy_ref(), 'MNIST train'
-        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, cref)
+        r = card(model, x, ref, after_relu, args.batch_size, args.seed, cid, cref)   # x: checked by load_images
         print_report(r, args.inputs[0], real_name)
         print(f'scored in {r["seconds"]:.2f} s on {args.device} ('
               + ', '.join(f'{k} {v:.2f} s' for k, v in r['timing'].items()) + ')')

@@ -453,7 +453,7 @@ def read_png_folder(folder):
         try:
             a = np.asarray(imread(p), dtype=np.float32)               # (H, W) or (H, W, 2-4) in [0, 1]
         except Exception as e:
-            raise ValueError(f'{p}: not a readable PNG image ({e})') from None
+            raise ValueError(f'{p}: not a readable PNG image ({reason(e)})') from None
         if a.ndim == 3:                   # (H, W, C): gray + alpha (2), RGB (3) or RGBA (4)
             n_colour = 1 if a.shape[2] == 2 else 3
             colour, alpha = a[..., :n_colour], a[..., n_colour:]      # alpha (H, W, 0 or 1)

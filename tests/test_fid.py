@@ -420,7 +420,7 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     monkeypatch.setattr(fid, 'DATA_ID', 'other data')
     fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
     assert 'was made by another' in capsys.readouterr().err
-    monkeypatch.setattr(fid, 'CACHE_VERSION', 1)
+    monkeypatch.setattr(fid, 'REFERENCE_VERSION', 1)
     fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
     assert 'was made by another' in capsys.readouterr().err
 
