@@ -424,6 +424,18 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
     assert 'was made by another' in capsys.readouterr().err
 
+def test_each_cache_has_its_own_version(setup, monkeypatch, capsys):
+    # the copy cache holds pixels only: a new feature-cache version must not rebuild it
+    tmp_path, _ = setup
+    fid.train_copy_reference(out_dir=tmp_path)
+    assert 'wrote' in capsys.readouterr().err
+    monkeypatch.setattr(fid, 'REFERENCE_VERSION', fid.REFERENCE_VERSION + 1)
+    fid.train_copy_reference(out_dir=tmp_path)
+    assert capsys.readouterr().err == ''                              # read from the cache
+    monkeypatch.setattr(fid, 'COPIES_VERSION', fid.COPIES_VERSION + 1)
+    fid.train_copy_reference(out_dir=tmp_path)
+    assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
+
 def test_report_of_images_equals_the_report_of_their_features(setup, small_mnist):
     tmp_path, model = setup
     ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
