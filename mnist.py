@@ -9,8 +9,9 @@ PNGs) that brings them to the same shape and range for fid.py.
 
 As a library:
 
-    from mnist import load_mnist
+    from mnist import load_images, load_mnist
     x_train, y_train, x_val, y_val = load_mnist('data')   # (60000, 32, 32), (60000,), ...
+    x = load_images('samples.npy')   # generated digits (.npy, .pt, PNG folder) -> (N, 1, 32, 32)
 
 MNIST comes as four files in the IDX format (http://yann.lecun.com/exdb/mnist/), usually
 gzip-compressed. We parse them ourselves (no torchvision): an IDX file is a tiny big-endian
