@@ -21,9 +21,9 @@ The metrics, each with its paper and formula in its function's docstring:
 - copies: the share of samples that copy a training digit, on the pixels (copies());
 - the digits: which digits the classifier sees, their mix, its confidence and its score.
 
-Every metric but copies works on what the classifier sees: its 128-d feature vector
-(model.py) and its digit probabilities. The features are, by default (--features post), the
-input of the final linear layer, after the last ReLU: that is what the series' final post
+Every metric but copies works on what the classifier sees: its feature vector (model.py;
+128 numbers for the blog's network) and its digit probabilities. The features are, by
+default (--features post), the input of the linear layer, after the last ReLU: that is what the series' final post
 describes, its numbers land on that post's scale (validation vs train: 0.28 here, 0.30
 there), and they vary less from one trained classifier to the next than the blog's pre-ReLU
 features (--features pre), which are about 10x larger and give 30-100x larger FIDs.
@@ -50,7 +50,6 @@ from mnist import (SHA256, cached, check_writable, load_images, load_mnist, load
                    seed_arg, to_model_input)
 from model import classifier_id, get_device, load_classifier
 
-FEATURES = 128          # the size of the feature vector
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10  # per digit, fewer subsets: ten KIDs must fit the time budget
@@ -67,7 +66,7 @@ FINAL_POST = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.
 
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
-    """Features (N, 128) and digit probabilities (N, 10), float32 on the CPU, of images
+    """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images
     x (N, 1, 32, 32) on any device; batches go to the model's device one at a time, and
     their results into arrays made once (many small pieces would fragment the memory)."""
     device = next(model.parameters()).device
@@ -79,11 +78,11 @@ def embed(model, x, after_relu=True, batch_size=1000):
     fast = device.type == 'cpu'
     if fast:
         model.to(memory_format=torch.channels_last)
-    f, p = torch.empty(len(x), FEATURES), torch.empty(len(x), 10)    # (N, 128), (N, 10)
+    f, p = torch.empty(len(x), model.feature_size()), torch.empty(len(x), 10)   # (N, D), (N, 10)
     try:
         for i in range(0, len(x), batch_size):
             fb, logits = model.features_and_logits(x[i:i + batch_size].to(device), after_relu)
-            f[i:i + batch_size] = fb.float().cpu()                    # (B, 128)
+            f[i:i + batch_size] = fb.float().cpu()                    # (B, D), D = 128 for the blog's
             p[i:i + batch_size] = logits.float().softmax(1).cpu()     # (B, 10)
     finally:
         model.train(was_training)
@@ -366,8 +365,8 @@ def report_from_features(f, probs, ref, seed=0):
     def lap(name):  # the seconds each part takes, for the README's measurements
         nonlocal t
         r['timing'][name], t = time.perf_counter() - t, time.perf_counter()
-    if N < FEATURES:
-        r['warnings'].append(f'only {N} images, fewer than the {FEATURES} features: the covariance is '
+    if N < f.shape[1]:
+        r['warnings'].append(f'only {N} images, fewer than the {f.shape[1]} features: the covariance is '
                              f'rank-deficient and the FID biased upwards; compare FIDs at {REFERENCE_N:,}')
     r['mu'], r['sigma'] = mean_cov(f)                                 # (D,), (D, D): for --save-stats too
     r['fid'] = frechet_distance(r['mu'], r['sigma'], ref['mu'], ref['sigma'])
@@ -417,7 +416,7 @@ def card(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=Non
     """report() of images x already shaped (N, 1, 32, 32) and checked: load_images' output,
     or the reference table's rows (whose unclipped noise to_model_input would refuse)."""
     t0 = time.perf_counter()
-    f, probs = embed(model, x, after_relu, batch_size)                # (N, 128), (N, 10)
+    f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
     r = report_from_features(f, probs, ref, seed)
     r['copies'], r['copy_tau'] = None, None
     if cref is not None:
@@ -471,7 +470,7 @@ def print_report(r, name, real_name):
     for d in r['digits']:
         print(f'  {d["digit"]:5d} | {d["share"]:6.1%} | {d["real_share"]:10.1%} | '
               f'{d["confidence"]:10.3f} | {d["kid"]:.4g}')
-    print(f'\nyardstick: classifier {r["classifier"]} | features {r["features"]} | N {r["n"]:,} vs '
+    print(f'\nyardstick: classifier {r["classifier"]} | features {r["features"]} ({len(r["mu"])}) | N {r["n"]:,} vs '
           f'{r["n_real"]:,} (KID subsets of {r["kid_subset"]:,}; precision/recall {r["pr_n"]:,} vs '
           f'{r["pr_n_real"]:,}, k = {PR_K}; density/coverage k = {DC_K})')
     for w in r['warnings']:
@@ -509,7 +508,7 @@ def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_rel
     features = 'post' if after_relu else 'pre'
     def build():
         x_train = load_mnist(data_dir)[0][:, None]                    # (60000, 1, 32, 32)
-        f, probs = embed(model, x_train, after_relu, batch_size)      # (60000, 128), (60000, 10)
+        f, probs = embed(model, x_train, after_relu, batch_size)      # (60000, D), (60000, 10)
         ref = reference(f, probs.argmax(1), seed)
         return {'f': f.numpy(), 'pred': ref['pred'].numpy().astype(np.uint8), 'mu': ref['mu'], 'sigma': ref['sigma'],
                 'radii2': ref['radii2'].numpy(), 'radii2_dc': ref['radii2_dc'].numpy(), 'n': len(f)}
@@ -626,7 +625,7 @@ def reference_table(model, ref, cref, x_train, x_val, y_val, args, classifier,
             fids.append(frechet_distance(*mean_cov(a), *mean_cov(b)))
             kids.append(kernel_inception_distance(a, b, subsets=10, seed=args.seed)[0])
         print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):10.4g} +- {np.std(kids):.4g} |')
-    print(f'\nyardstick: classifier {classifier} | features {args.features} | N as in each row vs '
+    print(f'\nyardstick: classifier {classifier} | features {args.features} ({len(ref["mu"])}) | N as in each row vs '
           f'{len(ref["f"]):,} training images')
     return results
 
@@ -641,7 +640,7 @@ def main(argv=None):
                              'the first against the second. Images as .npy, .pt or a folder of PNGs, '
                              'or statistics as .npz (FID only)')
     parser.add_argument('--features', choices=['pre', 'post'], default='post',
-                        help="the 128-d features after the last ReLU (the series' scale) or before it (the blog's)")
+                        help="the features after the last ReLU (the series' scale) or before it (the blog's)")
     parser.add_argument('--save-stats', metavar='NPZ', help='also write the statistics of the one input to this .npz')
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='checkpoint written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
@@ -671,8 +670,9 @@ def main(argv=None):
     try:
         for folder in {Path(args.out_dir), *([Path(args.save_stats).parent] if args.save_stats else [])}:
             check_writable(folder)                                    # before any work
-        model, _ = load_classifier(args.checkpoint, args.device)
+        model, _ = load_classifier(args.checkpoint, args.device)    # refused if model.py changed since
         cid = classifier_id(args.checkpoint)
+        print(f'classifier {cid} ({args.checkpoint}): {model.summary()}')
         train_ref = lambda: train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu,
                                             args.seed, args.batch_size)
         copy_ref = lambda: train_copy_reference(args.data_dir, args.out_dir)
@@ -692,7 +692,7 @@ def main(argv=None):
                 ref = train_ref()
                 stats.append((ref['mu'], ref['sigma']))
             print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} (the other metrics need images, not statistics)')
-            print(f'yardstick: classifier {cid} | features {args.features}')
+            print(f'yardstick: classifier {cid} | features {args.features} ({len(stats[0][0])})')
             return
         # images: the full report card, against the training set (as score() computes it) or
         # against a second set of images (no copies then: those are copies of the training set)

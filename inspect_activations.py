@@ -5,14 +5,16 @@ Look inside the trained classifier, as the blog's "Evaluation" section does.
     python inspect_activations.py    # figures in out/, numbers on stdout
 
 1. Mean activation maps per digit: for each digit 0-9, the mean over the test images of
-   that digit of the outputs of the three pooling layers (layers[2], [5] and [8]).
+   that digit of the output of each pooling layer (the blog's layers[2], [5] and [8]; found
+   in the network by model.levels(), so an edited network is drawn as it is).
    Written to out/activations_level{0,1,2}.png, one row per digit, one column per channel.
 2. Dead channels: channels whose mean activation stays near zero for every digit, which
    the blog calls "a waste of memory/compute".
-3. The feature distribution: the Fréchet distance (fid.py) models the 128-d features as a
-   multivariate normal. We histogram the first 16 features with the fitted normal density
-   on top (out/feature_histograms.png), and summarise all 128 by their skewness and excess
-   kurtosis (both 0 for a normal), before the last ReLU (the blog's choice) and after it.
+3. The feature distribution: the Fréchet distance (fid.py) models the features (128 for the
+   blog's network) as a multivariate normal. We histogram the first 16 features with the
+   fitted normal density on top (out/feature_histograms.png), and summarise all of them by
+   their skewness and excess kurtosis (both 0 for a normal), before the last ReLU (the
+   blog's choice) and after it.
 4. The mistakes: the accuracy per digit, the 10 x 10 confusion matrix of the test set
    (out/confusion.png), the most frequent confusions, and the misclassified digits
    themselves, most confident first (out/mistakes.png), in the spirit of fastai's
@@ -31,19 +33,19 @@ import torch
 from mnist import check_writable, load_mnist, plot_tiles, save_figure
 from model import get_device, load_classifier
 
-LEVELS = (2, 5, 8)  # indices of the pooling layers in model.layers, as in the blog
-
 # -----------------------------------------------------------------------------
 # the maths
 
 @torch.no_grad()
-def mean_activations(model, x, y, layers=LEVELS, batch_size=1000):
-    """{layer index: (10, C, H, W) mean output of model.layers[index] per digit}."""
+def mean_activations(model, x, y, layers=None, batch_size=1000):
+    """{layer index: (10, C, H, W) mean output of model.layers[index] per digit}, for the
+    given indices or, by default, the pooling layers (model.levels(): the blog's 2, 5, 8)."""
+    layers = model.levels() if layers is None else layers
     sums, counts = {}, torch.bincount(y.cpu(), minlength=10).double()   # (10,) images per digit
     for i in range(0, len(x), batch_size):
         h, yb = x[i:i + batch_size], y[i:i + batch_size]             # (B, 1, 32, 32), (B,)
         # run the layers in order, keeping the outputs we want
-        for j, layer in enumerate(model.layers[:max(layers) + 1]):
+        for j, layer in enumerate(model.layers[:max(layers, default=-1) + 1]):
             h = layer(h)
             if j in layers:
                 if j not in sums:  # float64 on the CPU: exact enough, and MPS has no float64
@@ -125,7 +127,7 @@ def plot_histograms(f, path, bins=100):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10), layout='constrained')
     axes = fig.subplots(4, 4)
-    for k, ax in enumerate(axes.flat):
+    for k, ax in enumerate(axes.flat[:f.shape[1]]):                  # fewer tiles for fewer features
         v = f[:, k]
         ax.hist(v, bins=bins, density=True, histtype='stepfilled', color='tab:blue', alpha=0.6)
         mu, sigma = v.mean(), v.std()
@@ -133,7 +135,7 @@ def plot_histograms(f, path, bins=100):
         ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
         ax.set_title(f'feature {k}', fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
+    fig.suptitle(f'the first 16 of {f.shape[1]} features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
 
 def plot_confusion(C, path):
@@ -204,17 +206,19 @@ def run(args):
     t0 = time.perf_counter()
 
     check_writable(args.out_dir)                                       # before any work
-    model, ckpt = load_classifier(args.checkpoint, args.device)
+    model, ckpt = load_classifier(args.checkpoint, args.device)   # refused if model.py changed since
     _, _, x_val, y_val = load_mnist(args.data_dir)
     acc = ckpt.get('val_acc')
     print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}'
-          + (f', val acc {100 * acc:.2f}%)' if acc is not None else ')'))
+          + (f', val acc {100 * acc:.2f}%)' if acc is not None else ')') + f' | network: {model.summary()}')
     x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
     # 1. and 2.: mean maps per digit at each level, and the channels that never fire
     out = Path(args.out_dir)
-    maps = mean_activations(model, x_val, y_val)
-    for level, j in enumerate(LEVELS):
+    maps = mean_activations(model, x_val, y_val)                      # {index of a pooling layer: maps}
+    if not model.levels():
+        print('the network has no pooling layers (model.POOLING): no activation maps to draw')
+    for level, j in enumerate(model.levels()):
         m = maps[j]                                                        # (10, C, H, W)
         path = out / f'activations_level{level}.png'
         plot_maps(m, path, f'level {level}: layers[{j}], mean over the test images of each digit '
@@ -223,11 +227,11 @@ def run(args):
         print(f'level {level} (layers[{j}], {m.shape[1]} channels): dead channels {dead} '
               f'(mean activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
 
-    # 3.: the 128-d features before and after the last ReLU, over the test set
+    # 3.: the features before and after the last ReLU, over the test set
     with torch.no_grad():
         f_pre = torch.cat([model.features(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)]).cpu().numpy()
         f_post = torch.cat([model.features(x_val[i:i + 1000], after_relu=True)
-                            for i in range(0, len(x_val), 1000)]).cpu().numpy()   # (10000, 128)
+                            for i in range(0, len(x_val), 1000)]).cpu().numpy()   # (10000, D)
     plot_histograms(f_pre, out / 'feature_histograms.png')
     print(f'wrote {out / "feature_histograms.png"}')
     print('before the ReLU (the blog\'s features): ' + normality_summary(f_pre))

@@ -1,17 +1,20 @@
 """
 The MNIST classifier of the blog post "Latent Diffusion Series: MNIST Classifier"
-(Nick Tasios), layer for layer, plus the 128-d feature vector that the blog histograms and
-that fid.py uses to score generated digits.
+(Nick Tasios), layer for layer, plus the feature vector (128 numbers) that the blog
+histograms and that fid.py uses to score generated digits.
 
     from model import Classifier, load_classifier, classifier_id
     model = Classifier()
     logits = model(x)             # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
     f = model.features(x)         # (B, 128): last convolution before its ReLU, pooled
+    model.summary()               # 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
     model, ckpt = load_classifier('out/classifier.pt')   # a checkpoint written by train.py
     classifier_id('out/classifier.pt')                    # its name, e.g. 'a7a15236ad73'
 
 A LeNet-like CNN: three 3x3 convolutions with ReLU, each followed by a pooling that
 halves (max) or quarters (average) the resolution, then dropout and one linear layer.
+Edit it freely: the comment above the class says what the other scripts find in it, and
+the README's "Things to try" lists edits with what they did.
 
 Parameter count: the blog's text says 16,554 parameters, but the code it prints has
 80 + 1,168 + 4,640 + 1,290 = 7,178, and no choice of widths or kernel sizes that keeps its
@@ -19,35 +22,52 @@ layer list and its 8x16x16 / 16x8x8 / 32x2x2 shapes gives 16,554. We follow the 
 code, so this model has 7,178 parameters.
 """
 
+import difflib
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mnist import reason
+
+
+# What the other scripts rely on, so that an edit of the network below reaches them all:
+# - the network is the one nn.Sequential self.layers: images (B, 1, 32, 32) in, logits (B, 10) out;
+# - its pooling layers (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, ...) end the levels
+#   that inspect_activations.py draws, in order (the blog's layers[2], [5] and [8]);
+# - the feature vector that fid.py scores with is read at the last nn.Conv2d: its output, sent
+#   through the layers that follow it up to the first nn.Linear, and flattened. "post" keeps
+#   the activations on that stretch (it is the input of that nn.Linear), "pre" skips them
+#   (the blog's choice). Its size is that nn.Linear's in_features (the blog's 128);
+# - a checkpoint records the layers it was trained with (architecture()), and a checkpoint
+#   of another network is refused: after an edit, `python train.py` trains the new one.
+# So: add, remove or widen layers freely, keep one nn.Sequential, and make the first
+# nn.Linear's in_features match what reaches it (channels x height x width).
+POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.LPPool2d)
 
 
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
         super().__init__()
-        # one Sequential, so that the blog's layer indices hold: the pooling outputs it
-        # plots are layers[2], layers[5] and layers[8]; the last convolution is layers[6]
+        c1, c2, c3 = 8, 16, 32  # the channels of the three levels, as in the blog
+        # one Sequential, as in the blog: the pooling outputs it plots are layers[2], [5]
+        # and [8], the last convolution is layers[6] (comments: the blog's shapes)
         self.layers = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
-            nn.ReLU(),                             # 1
-            nn.MaxPool2d(2),                       # 2: (B, 8, 16, 16)   level 0
-            nn.Conv2d(8, 16, 3, padding='same'),   # 3: (B, 16, 16, 16)  8*16*9 + 16 = 1,168
-            nn.ReLU(),                             # 4
-            nn.MaxPool2d(2),                       # 5: (B, 16, 8, 8)    level 1
-            nn.Conv2d(16, 32, 3, padding='same'),  # 6: (B, 32, 8, 8)    16*32*9 + 32 = 4,640
-            nn.ReLU(),                             # 7
-            nn.AvgPool2d(4),                       # 8: (B, 32, 2, 2)    level 2
-            nn.Flatten(),                          # 9: (B, 128)
-            nn.Dropout(dropout),                   # 10
-            nn.Linear(128, 10),                    # 11: (B, 10)         128*10 + 10 = 1,290
+            nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
+            nn.ReLU(),                              # 1
+            nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0
+            nn.Conv2d(c1, c2, 3, padding='same'),   # 3: (B, 16, 16, 16)  8*16*9 + 16 = 1,168
+            nn.ReLU(),                              # 4
+            nn.MaxPool2d(2),                        # 5: (B, 16, 8, 8)    level 1
+            nn.Conv2d(c2, c3, 3, padding='same'),   # 6: (B, 32, 8, 8)    16*32*9 + 32 = 4,640
+            nn.ReLU(),                              # 7
+            nn.AvgPool2d(4),                        # 8: (B, 32, 2, 2)    level 2
+            nn.Flatten(),                           # 9: (B, 128)
+            nn.Dropout(dropout),                    # 10
+            nn.Linear(c3 * 2 * 2, 10),              # 11: (B, 10)         128*10 + 10 = 1,290
         )
 
     def forward(self, x):
@@ -55,21 +75,93 @@ class Classifier(nn.Module):
         return self.layers(x)
 
     def features(self, x, after_relu=False):
-        """The blog's 128-d feature vector of a batch x (B, 1, 32, 32) -> (B, 128).
+        """The blog's feature vector of a batch x (B, 1, 32, 32) -> (B, D), D = 128 for the
+        blog's network (feature_size()).
 
-        By default the output of the last convolution *before* its ReLU, average-pooled 4x4
-        and flattened: the blog takes it there because the ReLU would clip every negative
-        value to zero and the Fréchet distance assumes roughly normal features. With
-        after_relu=True it is the input of the final linear layer instead.
+        By default the output of the last convolution *before* its ReLU, pooled as the
+        network pools it (the blog's 4x4 average) and flattened: the blog takes it there
+        because the ReLU would clip every negative value to zero and the Fréchet distance
+        assumes roughly normal features. With after_relu=True it is the input of the
+        linear layer instead (after the ReLU), the features fid.py uses by default.
         """
         return self.features_and_logits(x, after_relu)[0]
 
     def features_and_logits(self, x, after_relu=False):
-        """(features (B, 128), logits (B, 10)) of a batch x (B, 1, 32, 32), in one pass."""
-        h = self.layers[:7](x)       # (B, 32, 8, 8): up to and including the last conv
-        post = self.layers[7:10](h)  # (B, 128): ReLU, 4x4 average pool, flatten
-        f = post if after_relu else F.avg_pool2d(h, 4).flatten(1)  # (B, 128) without the ReLU
-        return f, self.layers[10:](post)  # dropout (off in eval mode) and the linear layer
+        """(features (B, D), logits (B, 10)) of a batch x (B, 1, 32, 32), in one pass."""
+        conv, head = self.feature_layers()
+        h = self.layers[:conv + 1](x)          # (B, 32, 8, 8): up to and including the last conv
+        # the stretch from there to the linear layer (the blog's ReLU, 4x4 average pool and
+        # flatten) twice: "post" through every layer, "pre" through all but the activations
+        # and dropout (off in eval mode); one tensor until the first activation
+        post = pre = h
+        forked = False
+        for layer in self.layers[conv + 1:head]:
+            if is_activation(layer) or isinstance(layer, nn.Dropout):
+                if getattr(layer, 'inplace', False) and not forked:
+                    post = post.clone()        # an in-place ReLU must not change pre as well
+                post, forked = layer(post), True
+            elif forked:
+                post, pre = layer(post), layer(pre)
+            else:
+                post = pre = layer(post)
+        f = (post if after_relu else pre).flatten(1)   # (B, 128)
+        return f, self.layers[head:](post)              # the linear layer: (B, 10)
+
+    # -------------------------------------------------------------------------
+    # the network's parts, found in self.layers (see the comment above the class)
+
+    def levels(self):
+        """Indices in self.layers of the pooling layers, whose outputs the blog plots: [2, 5, 8]."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, POOLING)]
+
+    def feature_layers(self):
+        """(conv, head): self.layers[conv] is the last convolution, self.layers[head] the
+        first linear layer after it, whose input is the feature vector. The blog's: (6, 11)."""
+        convs = [i for i, layer in enumerate(self.layers) if isinstance(layer, nn.Conv2d)]
+        if not convs:
+            raise ValueError('model.py: the network has no nn.Conv2d; the features are read at the last one')
+        head = next((i for i in range(convs[-1] + 1, len(self.layers)) if isinstance(self.layers[i], nn.Linear)), None)
+        if head is None:
+            raise ValueError('model.py: no nn.Linear after the last nn.Conv2d; its input is the feature vector')
+        return convs[-1], head
+
+    def feature_size(self):
+        """D, the length of the feature vector: the in_features of the linear layer (128)."""
+        return self.layers[self.feature_layers()[1]].in_features
+
+    def architecture(self):
+        """The network as a list of strings, one per layer ('layers.0: Conv2d(1, 8, ...)'):
+        checkpoints record it, and load_classifier compares it with the network built now."""
+        return [f'{name}: {m!r}' for name, m in self.named_modules() if next(m.children(), None) is None]
+
+    @torch.no_grad()
+    def summary(self):
+        """One line: the shape of each level, the feature size and the parameter count, from a
+        blank image sent through the layers in eval mode; a network whose layers do not fit
+        together gets one ValueError that says where, instead of PyTorch's traceback."""
+        was_training = self.training
+        self.eval()
+        h = torch.zeros(1, 1, 32, 32, device=next(self.parameters()).device)
+        shapes = []
+        try:
+            for i, layer in enumerate(self.layers):
+                h = layer(h)
+                if i in self.levels():
+                    shapes.append('x'.join(map(str, h.shape[1:])))
+        except RuntimeError as e:
+            raise ValueError(f'model.py: layers[{i}] = {layer} does not take the output of the layers '
+                             f'before it ({tuple(h.shape)}): {reason(e)}') from None
+        finally:
+            self.train(was_training)
+        if tuple(h.shape) != (1, 10):
+            raise ValueError(f'model.py: the network gives {tuple(h.shape[1:])} per image, expected 10 logits')
+        return (f'levels {", ".join(shapes) or "none"} | {self.feature_size():,} features | '
+                f'{sum(p.numel() for p in self.parameters()):,} parameters')
+
+
+def is_activation(layer):
+    """True for torch.nn's activation functions (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, ...)."""
+    return type(layer).__module__ == nn.ReLU.__module__
 
 
 def get_device(name='auto'):
@@ -96,9 +188,10 @@ def get_device(name='auto'):
 def load_classifier(path, device='cpu'):
     """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict).
 
-    The file is checked field by field before use: a dict, whose 'model' holds a tensor of
-    the right shape for every weight of Classifier, all finite, and an integer 'epoch' if it
-    has one; anything else gets one ValueError that names the file and the field."""
+    The file is checked field by field before use: a dict, recording the network it was
+    trained with (the same as the one Classifier builds now), whose 'model' holds a tensor of
+    the right shape for every weight, all finite, and an integer 'epoch' if it has one;
+    anything else gets one ValueError that names the file and the field."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -111,6 +204,13 @@ def load_classifier(path, device='cpu'):
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise ValueError(f'{path}: "model" must be a dict of tensors (a state_dict), got {type(weights).__name__}')
     model = Classifier().to(device)
+    # the network it was trained with against the one model.py builds now: weights that
+    # happen to fit (after a change of activation, say) would give numbers of a network
+    # that was never trained
+    if 'architecture' in ckpt and ckpt['architecture'] != model.architecture():
+        raise ValueError(f'{path} was trained with another network than model.py builds now '
+                         f'({network_diff(ckpt["architecture"], model.architecture())}); '
+                         f'python train.py trains the current one')
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
     if got != expected:
@@ -124,7 +224,29 @@ def load_classifier(path, device='cpu'):
         raise ValueError(f'{path}: "epoch" must be a whole number >= 0, got {ckpt["epoch"]!r}')
     model.load_state_dict(weights)
     model.eval()
+    if 'architecture' not in ckpt:
+        print(f'{path} does not record its network (an older train.py wrote it): '
+              f'assuming it is the one model.py builds now', file=sys.stderr)
     return model, ckpt
+
+def network_diff(old, new, most=3):
+    """Where a recorded architecture() differs from the current one, in a few words:
+    "layers.1 was ReLU(), is GELU(approximate='none'); layers.11 BatchNorm2d(...) is new"."""
+    if not isinstance(old, list) or not all(isinstance(s, str) for s in old):
+        return f'its record of the network is a {type(old).__name__}, not a list of layers'
+    name = lambda s: s.split(': ', 1)[0]       # 'layers.1: ReLU()' -> 'layers.1'
+    layer = lambda s: s.split(': ', 1)[-1]     # 'layers.1: ReLU()' -> 'ReLU()'
+    changes = []
+    matcher = difflib.SequenceMatcher(a=[layer(s) for s in old], b=[layer(s) for s in new], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        was, now = ', '.join(map(layer, old[i1:i2])), ', '.join(map(layer, new[j1:j2]))
+        if op == 'replace':
+            changes.append(f'{name(new[j1])} was {was}, is {now}')
+        elif op == 'insert':
+            changes.append(f'{name(new[j1])} {now} is new')
+        elif op == 'delete':
+            changes.append(f'{name(old[i1])} {was} is gone')
+    return '; '.join(changes[:most]) + (f'; and {len(changes) - most} more' if len(changes) > most else '')
 
 
 def classifier_id(path):

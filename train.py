@@ -43,6 +43,20 @@ from model import Classifier, classifier_id, get_device, load_classifier
 # where to stop; --log-every, --device and --out-dir may differ too)
 MUST_MATCH = ('batch_size', 'lr', 'seed')
 
+def make_optimizer(model, lr):
+    """The blog's optimizer, Adam. Made here alone: training, --resume (which checks that a
+    checkpoint was trained with the same one) and --compare-blog-loop all use it, so trying
+    another is this one line, e.g. torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)."""
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+def optimizer_name(optimizer):
+    """The optimizer and its settings as a checkpoint records them: 'Adam(betas=(0.9, 0.999), ...)'.
+    Not lr, a flag that --resume checks on its own; not foreach, fused, capturable and
+    differentiable, which choose an implementation, not the maths."""
+    settings = {k: v for k, v in optimizer.defaults.items()
+                if k not in ('lr', 'foreach', 'fused', 'capturable', 'differentiable')}
+    return f'{type(optimizer).__name__}({", ".join(f"{k}={v!r}" for k, v in settings.items())})'
+
 # -----------------------------------------------------------------------------
 # one epoch, and the evaluation
 
@@ -117,7 +131,9 @@ def snapshot(model, optimizer, epoch, history, config, device):
     evaluated = bool(history['val_epoch']) and history['val_epoch'][-1] == epoch
     return {
         'model': {k: v.contiguous() for k, v in cpu_copy(model.state_dict()).items()},
+        'architecture': model.architecture(),       # the network, layer by layer (model.py)
         'optimizer': cpu_copy(optimizer.state_dict()),
+        'optimizer_name': optimizer_name(optimizer),
         'rng': rng_states(device),
         'config': config, 'epoch': epoch,
         # the validation numbers of this very epoch, or None when it was not evaluated
@@ -126,14 +142,11 @@ def snapshot(model, optimizer, epoch, history, config, device):
         'history': {k: list(v) for k, v in history.items()},
     }
 
-def save_checkpoint(path, model_or_state, **info):
-    """torch.save a snapshot (or a model's state_dict plus info) atomically: the file at path
-    is the old checkpoint or the complete new one, never half (mnist.write_atomic; a full
-    disk raises one ValueError that names path)."""
-    if isinstance(model_or_state, torch.nn.Module):  # a bare model, as the tests write them
-        state = {k: v.detach().cpu().contiguous() for k, v in model_or_state.state_dict().items()}
-        model_or_state = {'model': state, **info}
-    write_atomic(path, lambda tmp: torch.save(model_or_state, tmp))
+def save_checkpoint(path, state):
+    """torch.save a snapshot atomically: the file at path is the old checkpoint or the
+    complete new one, never half (mnist.write_atomic; a full disk raises one ValueError
+    that names path)."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 # -----------------------------------------------------------------------------
 # the training run
@@ -151,7 +164,7 @@ def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=
     saved, so ckpt_path keeps the last good checkpoint.
     """
     device = x_train.device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr)
     history = {'epoch': [], 'train_loss': [], 'seconds': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
     start, last = 0, None  # the epoch we start after, and the latest end-of-epoch snapshot
     if resume_from is not None:
@@ -241,7 +254,7 @@ def compare_loops(x_train, y_train, batch_size, lr, device, rounds):
             model = Classifier().to(device)
             if name == 'ours':
                 model = model.to(memory_format=torch.channels_last)
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer = make_optimizer(model, lr)
             t0 = time.perf_counter()
             if name == 'blog':
                 blog_epoch(model, optimizer, x_train, y_train, batch_size, device)
@@ -275,6 +288,13 @@ def checkpoint_to_resume(path, args):
         raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}). '
                          f'Resume with its settings (only --epochs may change), or train from '
                          f'scratch in another --out-dir.')
+    # the optimizer: a checkpoint without its name was written by an older train.py, with Adam
+    now = optimizer_name(make_optimizer(Classifier(), args.lr))
+    then = ckpt.get('optimizer_name', 'Adam')
+    if then != now and (then != 'Adam' or not now.startswith('Adam(')):
+        raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer '
+                         f'in train.py now makes {now}. Resume with the same optimizer, or train from '
+                         f'scratch without --resume.')
     if ckpt['epoch'] >= args.epochs:
         raise ValueError(f'--resume: {path} already holds epoch {ckpt["epoch"]}, and --epochs is '
                          f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
@@ -332,25 +352,26 @@ def run(args, argv, parser):
     if args.resume:
         resume_from = checkpoint_to_resume(ckpt_path, args)
         print(f'resuming {ckpt_path} after epoch {resume_from["epoch"]}')
-    elif ckpt_path.exists() and not args.compare_blog_loop:
+
+    # the model, checked on a blank image (an edit of model.py whose layers do not fit
+    # together is one line here, not a traceback in the first batch); channels_last (NHWC)
+    # memory makes the convolutions of this narrow network faster on a CPU, same maths
+    torch.manual_seed(args.seed)
+    model = Classifier().to(args.device).to(memory_format=torch.channels_last)
+    print(f'network: {model.summary()}')          # levels, feature size, parameters
+    if ckpt_path.exists() and not args.resume and not args.compare_blog_loop:
         # a new run: keep the checkpoint that is there (and the yardstick fid.py named by it)
         prev = ckpt_path.with_name('classifier.prev.pt')
         os.replace(ckpt_path, prev)
         print(f'kept the checkpoint that was in {ckpt_path} as {prev}')
 
     # the data: decoded and verified on the host, then copied to the device once
-    torch.manual_seed(args.seed)
     x_train, y_train, x_val, y_val = load_mnist(args.data_dir)      # (60000, 32, 32), (60000,), ...
     if args.compare_blog_loop:
         compare_loops(x_train, y_train, args.batch_size, args.lr, args.device, args.compare_blog_loop)
         return
     x_train, x_val = x_train[:, None].to(args.device), x_val[:, None].to(args.device)  # (N, 1, 32, 32)
     y_train, y_val = y_train.to(args.device), y_val.to(args.device)
-
-    # the model; channels_last (NHWC) memory makes the convolutions and max-pooling of
-    # this narrow network about 1.4x faster on a CPU and changes nothing in the maths
-    model = Classifier().to(args.device).to(memory_format=torch.channels_last)
-    print(f'{sum(p.numel() for p in model.parameters()):,} parameters')
 
     # train (Ctrl-C keeps the last completed epoch), then report on the 10,000 test images
     config = {k: v for k, v in vars(args).items() if k != 'resume'}

@@ -21,7 +21,7 @@ from fid import (classifier_score, embed, frechet_distance, kernel_inception_dis
                  report_from_features)
 from mnist import load_mnist, pad, save_npz, to_model_input
 from model import Classifier, classifier_id
-from train import save_checkpoint
+from networks import network, other_network, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,13 +128,14 @@ def test_embed_equals_the_model_and_restores_its_mode():
         torch.testing.assert_close(f, model.features(x, after_relu=after_relu))
         torch.testing.assert_close(p, model(x).softmax(1))              # dropout off
         model.train()
-    assert model.training and f.shape == (53, 128) and p.shape == (53, 10)
+    assert model.training and f.shape == (53, model.feature_size()) and p.shape == (53, 10)
     # the weights are back in their usual layout (embed stores the channels last on the CPU),
     # also when a batch fails half-way (Ctrl-C)
     assert all(w.is_contiguous() for w in model.parameters())
     calls = []
     def fail_second(x, after_relu):
-        calls.append(model.layers[3].weight.is_contiguous(memory_format=torch.channels_last))   # (16, 8, 3, 3)
+        conv = next(m for m in model.layers if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)   # 4-d weights
+        calls.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
         if len(calls) == 2:
             raise KeyboardInterrupt
         return Classifier.features_and_logits(model, x, after_relu)
@@ -372,7 +373,7 @@ def setup(tmp_path, small_mnist, monkeypatch):
     """A random model's checkpoint; fid.py's training set is the 600 digits."""
     torch.manual_seed(0)
     model = Classifier().eval()
-    save_checkpoint(tmp_path / 'c.pt', model, epoch=0)
+    save_model(tmp_path / 'c.pt', model, epoch=0)
     monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small_mnist)
     return tmp_path, model
 
@@ -403,7 +404,7 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
     torch.testing.assert_close(pre['f'], embed(model, small_mnist[0][:, None], after_relu=False)[0])
     # another checkpoint at the same path: recomputed
     other = Classifier().eval()
-    save_checkpoint(tmp_path / 'c.pt', other, epoch=1)
+    save_model(tmp_path / 'c.pt', other, epoch=1)
     capsys.readouterr()
     new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
     assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
@@ -483,7 +484,8 @@ def test_cli_report_card(setup, small_mnist, capsys):
     cid = hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()[:12]
     assert f'{r["fid"]:10.4f}' in out
     assert f'{r["kid"]:10.4g}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
-    assert f'yardstick: classifier {cid} | features post | N 300 vs 600' in out
+    assert f'yardstick: classifier {cid} | features post ({model.feature_size()}) | N 300 vs 600' in out
+    assert f'classifier {cid} ({tmp_path / "c.pt"}): {model.summary()}' in out     # the network it measures with
     assert 'scored in' in out and 'rank-deficient' not in err
     assert (tmp_path / 'out' / 'gen_digits.png').read_bytes()[:4] == b'\x89PNG'
     mu, sigma, meta = load_stats(tmp_path / 's.npz', cid, 'post')
@@ -561,7 +563,7 @@ def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
     f_real = embed(model, small_mnist[0][:, None], after_relu=False)[0]
     f_gen = embed(model, small_mnist[2][:, None], after_relu=False)[0]
     assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
-    assert '| features pre |' in out and 'real vs real at 10,000' not in out
+    assert f'| features pre ({model.feature_size()}) |' in out and 'real vs real at 10,000' not in out
 
 def test_precision_recall_use_a_random_subset_of_at_most_pr_n(monkeypatch):
     # 400 generated points: the first 100 far away, the rest on the real points; with
@@ -760,3 +762,28 @@ def test_save_stats_says_when_it_replaces_a_file(setup, small_mnist, capsys):
     assert code == 0 and 'replaced' not in out
     code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
     assert code == 0 and f'wrote {tmp_path / "s.npz"} (it replaced the file that was there)' in out
+
+def test_a_checkpoint_of_another_network_is_one_line(setup, small_mnist, capsys):
+    tmp_path, _ = setup
+    save_model(tmp_path / 'c.pt', other_network(), epoch=1)
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
+    assert code == 1 and err.count('\n') == 1 and 'Traceback' not in err
+    assert f'{tmp_path / "c.pt"} was trained with another network than model.py builds now (layers.' in err
+    assert 'python train.py trains the current one' in err
+
+def test_an_edited_network_scores_with_its_own_features(setup, small_mnist, capsys, monkeypatch):
+    # the wider network (16/32/64 channels): 256 features, the report card as with 128
+    import model as model_py
+    tmp_path, _ = setup
+    wider = network('wider')[0].eval()
+    monkeypatch.setattr(model_py, 'Classifier', lambda: network('wider')[0])
+    save_model(tmp_path / 'c.pt', wider, epoch=1)
+    np.save(tmp_path / 'gen.npy', small_mnist[2][:, 2:30, 2:30].numpy())
+    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
+    assert code == 0, err
+    f_real = embed(wider, small_mnist[0][:, None])[0]
+    f_gen = embed(wider, small_mnist[2][:, None])[0]
+    assert f_real.shape == (600, 256)
+    assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
+    assert '| features post (256) |' in out and 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out

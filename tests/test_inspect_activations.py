@@ -16,23 +16,25 @@ import inspect_activations
 from inspect_activations import (confusion_matrix, dead_channels, mean_activations, mistakes, normality_summary,
                                  plot_histograms, plot_maps, predict, skew_kurtosis, top_confusions)
 from model import Classifier
-from train import save_checkpoint
+from networks import network, other_network, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_mean_maps_equal_direct_computation():
-    torch.manual_seed(0)
-    model = Classifier().eval()
+@pytest.mark.parametrize('name', ['blog', 'batchnorm', 'extra conv', 'wider'])
+def test_mean_maps_equal_direct_computation(name):
+    model, levels, _, _ = network(name)
+    model.eval()
     x = torch.rand(37, 1, 32, 32)
     y = torch.arange(37) % 10
     maps = mean_activations(model, x, y, batch_size=8)  # batches that cut across digits
-    assert sorted(maps) == [2, 5, 8]
-    assert maps[2].shape == (10, 8, 16, 16) and maps[5].shape == (10, 16, 8, 8) and maps[8].shape == (10, 32, 2, 2)
-    for j in (2, 5, 8):
+    assert sorted(maps) == levels                        # the pooling layers, wherever the edit put them
+    for j in levels:
         for d in range(10):
             direct = model.layers[:j + 1](x[y == d]).mean(0)
             torch.testing.assert_close(maps[j][d], direct, rtol=1e-5, atol=1e-6)
+    if name == 'blog':
+        assert maps[2].shape == (10, 8, 16, 16) and maps[5].shape == (10, 16, 8, 8) and maps[8].shape == (10, 32, 2, 2)
 
 def test_dead_channels():
     maps = torch.rand(10, 4, 3, 3) + 0.5
@@ -141,7 +143,7 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
     asked, x, y = small_test_set
     torch.manual_seed(0)
     model = Classifier().eval()
-    save_checkpoint(tmp_path / 'c.pt', model, epoch=0, val_acc=None)   # a checkpoint written on Ctrl-C
+    save_model(tmp_path / 'c.pt', model, epoch=0, val_acc=None)   # a checkpoint written on Ctrl-C
     inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
                               '--device', 'cpu', '--mistakes', '7', '--data-dir', 'elsewhere'])
     stdout = capsys.readouterr().out
@@ -164,13 +166,13 @@ def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set
     _, x, y = small_test_set
     torch.manual_seed(0)
     model = Classifier().eval()
-    save_checkpoint(tmp_path / 'c.pt', model, epoch=0)
+    save_model(tmp_path / 'c.pt', model, epoch=0)
     maps = mean_activations(model, x, y)
     for threshold in (0.0, 0.5):
         inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
                                   '--device', 'cpu', '--dead-threshold', str(threshold)])
         stdout = capsys.readouterr().out
-        for level, j in enumerate((2, 5, 8)):
+        for level, j in enumerate(model.levels()):
             dead, limit = dead_channels(maps[j], threshold)
             assert f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest' in stdout
 
@@ -185,7 +187,7 @@ def test_bad_arguments(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 def test_out_dir_a_file_and_ctrl_c(tmp_path, capsys, small_test_set, monkeypatch):
-    save_checkpoint(tmp_path / 'c.pt', Classifier(), epoch=0)
+    save_model(tmp_path / 'c.pt', Classifier(), epoch=0)
     (tmp_path / 'file').write_bytes(b'')
     with pytest.raises(SystemExit) as e:
         inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file'),
@@ -200,3 +202,32 @@ def test_out_dir_a_file_and_ctrl_c(tmp_path, capsys, small_test_set, monkeypatch
                                   '--device', 'cpu'])
     assert e.value.code == 130 and 'interrupted' in capsys.readouterr().err
     assert [p.name for p in (tmp_path / 'out').iterdir() if p.name.startswith('.')] == []
+
+def test_a_checkpoint_of_another_network_is_one_line(tmp_path):
+    save_model(tmp_path / 'c.pt', other_network(), epoch=1)
+    r = run_script('--checkpoint', tmp_path / 'c.pt', '--out-dir', tmp_path / 'out', '--device', 'cpu')
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr
+    assert f'{tmp_path / "c.pt"} was trained with another network than model.py builds now (layers.' in r.stderr
+    assert 'python train.py trains the current one' in r.stderr
+
+def test_an_edited_network_is_drawn_as_it_is(tmp_path, capsys, small_test_set, monkeypatch):
+    # a network with batch norm and an extra convolution: four levels' worth of layers found
+    # in it, figures and lines for each, the feature count its own
+    import model as model_py
+    layers = network('batchnorm')[0].layers
+    extra = [*layers[:12], torch.nn.Conv2d(32, 64, 3, padding='same'), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+             torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.Linear(64, 10)]
+    class Edited(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(*extra)
+    monkeypatch.setattr(model_py, 'Classifier', Edited)
+    model = Edited().eval()
+    save_model(tmp_path / 'c.pt', model, epoch=0)
+    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
+    stdout = capsys.readouterr().out
+    assert model.levels() == [3, 7, 11, 14]
+    assert 'levels 8x16x16, 16x8x8, 32x2x2, 64x1x1 | 64 features' in stdout
+    for level, (j, c) in enumerate(zip(model.levels(), (8, 16, 32, 64))):
+        assert f'level {level} (layers[{j}], {c} channels)' in stdout
+        assert (tmp_path / f'activations_level{level}.png').exists()

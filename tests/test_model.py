@@ -1,6 +1,10 @@
 """
-Tests for model.py: the blog's architecture (parameter count, layer indices, shapes), the
-128-d features against an independent functional computation, and checkpoint loading.
+Tests for model.py. Two kinds:
+- the blog's network: model.py builds the blog's layer list, with its 7,178 parameters.
+  These two tests fail after an edit of model.py, by design, and say so;
+- the mechanism the other scripts use, on the blog's network and on edits of it written
+  out in tests/networks.py: the pooling levels, the feature vector against independent
+  computations, the one-line summary, and checkpoints refused when their network differs.
 """
 
 import pytest
@@ -8,40 +12,81 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Classifier, get_device, load_classifier
+from model import Classifier, get_device, is_activation, load_classifier
+from networks import EDITS, network, other_network, save_model
 
+ALL = ['blog', *EDITS]
 
-def test_parameter_count_layer_by_layer():
+# -----------------------------------------------------------------------------
+# the blog's network (these fail after an edit of model.py: expected)
+
+AFTER_AN_EDIT = ('This is expected after an edit of model.py: this test pins the blog\'s network, '
+                 'every other test checks the network that model.py builds.')
+
+def test_model_py_builds_the_blogs_layer_list():
+    blog, now = network('blog')[0].architecture(), Classifier().architecture()
+    from model import network_diff
+    assert now == blog, f'model.py no longer builds the blog\'s network ({network_diff(blog, now)}). {AFTER_AN_EDIT}'
+
+def test_model_py_has_the_blogs_parameter_count():
     # a 3x3 convolution from c_in to c_out channels has c_in*c_out*9 weights and c_out biases
     convs = [(1, 8), (8, 16), (16, 32)]
     expected = sum(c_in * c_out * 3 * 3 + c_out for c_in, c_out in convs) + 128 * 10 + 10
     assert expected == 80 + 1168 + 4640 + 1290 == 7178
-    model = Classifier()
-    assert sum(p.numel() for p in model.parameters()) == expected
-    layers = model.layers
-    assert [layers[i].weight.numel() + layers[i].bias.numel() for i in (0, 3, 6, 11)] == [80, 1168, 4640, 1290]
+    got = sum(p.numel() for p in Classifier().parameters())
+    assert got == expected, f'the blog\'s network has 7,178 parameters, this model.py\'s has {got:,}. {AFTER_AN_EDIT}'
 
-def test_blog_layer_indices():
-    layers = Classifier().layers
-    assert len(layers) == 12
-    assert isinstance(layers[2], nn.MaxPool2d) and isinstance(layers[5], nn.MaxPool2d)
-    assert isinstance(layers[8], nn.AvgPool2d) and layers[8].kernel_size == 4
-    assert isinstance(layers[6], nn.Conv2d) and (layers[6].in_channels, layers[6].out_channels) == (16, 32)
-    assert isinstance(layers[10], nn.Dropout) and layers[10].p == 0.5
-    assert isinstance(layers[11], nn.Linear)
+# -----------------------------------------------------------------------------
+# the parts of a network, found in it
 
-def test_shapes_at_each_level():
-    model = Classifier().eval()
-    x = torch.rand(5, 1, 32, 32)
-    assert model.layers[:3](x).shape == (5, 8, 16, 16)
-    assert model.layers[:6](x).shape == (5, 16, 8, 8)
-    assert model.layers[:9](x).shape == (5, 32, 2, 2)
-    assert model(x).shape == (5, 10)
-    assert model.features(x).shape == (5, 128)
-    assert model.features(x, after_relu=True).shape == (5, 128)
+@pytest.mark.parametrize('name', ALL)
+def test_levels_are_the_pooling_layers(name):
+    model, levels, conv, D = network(name)
+    assert model.levels() == levels
+    assert model.feature_layers()[0] == conv and model.feature_size() == D
+    # each level's output is what its pooling layer gives, a smaller map than its input
+    model.eval()
+    h = torch.rand(2, 1, 32, 32)
+    for i, layer in enumerate(model.layers):
+        before, h = h, layer(h)
+        if i in levels:
+            assert h.shape[-1] < before.shape[-1] and h.shape[1] == before.shape[1], (i, layer)
+
+def test_summary_of_the_blogs_network():
+    assert network('blog')[0].summary() == 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
+
+@pytest.mark.parametrize('name', ALL)
+def test_summary_shows_the_network(name):
+    model, levels, _, D = network(name)
+    model.train()
+    h, shapes = torch.rand(1, 1, 32, 32), []
+    with torch.no_grad():
+        for i, layer in enumerate(model.eval().layers):
+            h = layer(h)
+            if i in levels:
+                shapes.append('x'.join(map(str, h.shape[1:])))
+    model.train()
+    line = model.summary()
+    assert line == (f'levels {", ".join(shapes)} | {D:,} features | '
+                    f'{sum(p.numel() for p in model.parameters()):,} parameters')
+    assert model.training                                             # its mode is put back
+
+def test_summary_of_a_network_whose_layers_do_not_fit():
+    model, *_ = network('wider')
+    model.layers[-1] = nn.Linear(128, 10)                             # 16/32/64 channels need Linear(256, 10)
+    with pytest.raises(ValueError, match=r'layers\[11\] = Linear\(in_features=128.*\(1, 256\)') as e:
+        model.summary()
+    assert '\n' not in str(e.value)
+    model.layers.append(nn.Linear(10, 3))                             # 3 outputs: not 10 digits
+    model.layers[-2] = nn.Linear(256, 10)
+    with pytest.raises(ValueError, match=r'gives \(3,\) per image, expected 10 logits'):
+        model.summary()
+
+# -----------------------------------------------------------------------------
+# the feature vector
 
 def reference_features(model, x, after_relu):
-    """The same features, written out with torch.nn.functional and the model's weights."""
+    """The blog's features, written out with torch.nn.functional and the model's weights."""
     L = model.layers
     h = F.max_pool2d(F.relu(F.conv2d(x, L[0].weight, L[0].bias, padding=1)), 2)
     h = F.max_pool2d(F.relu(F.conv2d(h, L[3].weight, L[3].bias, padding=1)), 2)
@@ -51,21 +96,98 @@ def reference_features(model, x, after_relu):
     return h.reshape(len(x), 32, 2, 4, 2, 4).mean(dim=(3, 5)).reshape(len(x), 128)
 
 @pytest.mark.parametrize('after_relu', [False, True])
-def test_features_match_independent_computation(after_relu):
-    torch.manual_seed(0)
-    model = Classifier().eval()
+def test_blog_features_match_a_functional_computation(after_relu):
+    model = network('blog')[0].eval()
     x = torch.rand(7, 1, 32, 32)
-    expected = reference_features(model, x, after_relu)
-    torch.testing.assert_close(model.features(x, after_relu=after_relu), expected)
+    torch.testing.assert_close(model.features(x, after_relu=after_relu), reference_features(model, x, after_relu))
     # pre-ReLU features take negative values; post-ReLU ones never do
     assert (model.features(x) < 0).any()
     assert (model.features(x, after_relu=True) >= 0).all()
 
-def test_post_relu_features_are_the_input_of_the_linear_layer():
+def without_activations(model, conv, head):
+    """A copy of the network's layers up to the linear layer, with the activations and
+    dropout after the last convolution replaced by nn.Identity: the 'pre' features' path."""
+    layers = [nn.Identity() if i > conv and (is_activation(m) or isinstance(m, nn.Dropout)) else m
+              for i, m in enumerate(model.layers[:head])]
+    return nn.Sequential(*layers)
+
+@pytest.mark.parametrize('name', ALL)
+def test_features_of_each_network(name):
+    model, _, conv, D = network(name)
+    model.eval()
+    head = model.feature_layers()[1]
+    x = torch.rand(6, 1, 32, 32)
+    # post: the input of the linear layer, caught by a hook on it
+    seen = []
+    handle = model.layers[head].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    logits = model(x)
+    handle.remove()
+    f_post, logits2 = model.features_and_logits(x, after_relu=True)
+    assert f_post.shape == (6, D)
+    torch.testing.assert_close(f_post, seen[0].flatten(1))
+    torch.testing.assert_close(logits2, logits)
+    # pre: the same layers with the activations after the last convolution taken out
+    f_pre, _ = model.features_and_logits(x, after_relu=False)
+    torch.testing.assert_close(f_pre, without_activations(model, conv, head)(x).flatten(1))
+    assert (f_pre < 0).any() and not torch.equal(f_pre, f_post)       # an in-place ReLU must not reach pre
+
+@pytest.mark.parametrize('name', ['blog', 'batchnorm'])
+def test_features_and_logits_in_training_mode(name):
+    model = network(name)[0].train()
+    x = torch.rand(6, 1, 32, 32)
+    torch.manual_seed(1)
+    _, a = model.features_and_logits(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, model(x))                          # dropout's mask and batch norm as model(x)
+
+def test_a_network_without_the_parts_the_features_need():
+    model = Classifier()
+    model.layers = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    with pytest.raises(ValueError, match='no nn.Conv2d'):
+        model.feature_size()
+    model.layers = nn.Sequential(nn.Conv2d(1, 10, 32), nn.Flatten())
+    with pytest.raises(ValueError, match='no nn.Linear after the last nn.Conv2d'):
+        model.feature_size()
+
+def test_the_current_network_runs_end_to_end():
+    # whatever model.py builds now: the summary runs, and the features meet the logits
     model = Classifier().eval()
+    model.summary()
     x = torch.rand(4, 1, 32, 32)
-    f = model.features(x, after_relu=True)
-    torch.testing.assert_close(model.layers[11](f), model(x))
+    f, logits = model.features_and_logits(x, after_relu=True)
+    assert f.shape == (4, model.feature_size()) and logits.shape == (4, 10)
+    torch.testing.assert_close(logits, model(x))
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def test_load_classifier_refuses_another_network(tmp_path, capsys):
+    other = other_network()
+    assert other.state_dict().keys() == Classifier().state_dict().keys()   # the weights would load
+    save_model(tmp_path / 'other.pt', other, epoch=2)
+    with pytest.raises(ValueError) as e:
+        load_classifier(tmp_path / 'other.pt')
+    message = str(e.value)
+    assert message.startswith(f'{tmp_path / "other.pt"} was trained with another network than model.py builds now')
+    assert 'is Tanh()' in message or 'is ReLU()' in message
+    assert message.endswith('python train.py trains the current one') and '\n' not in message
+    # the same network is accepted without a word; one without a record, with a note
+    save_model(tmp_path / 'same.pt', Classifier(), epoch=2)
+    assert load_classifier(tmp_path / 'same.pt')[1]['epoch'] == 2 and capsys.readouterr().err == ''
+    torch.save({'model': Classifier().state_dict(), 'epoch': 1}, tmp_path / 'old.pt')
+    load_classifier(tmp_path / 'old.pt')
+    assert 'does not record its network' in capsys.readouterr().err
+
+def test_network_diff_names_the_layers():
+    from model import network_diff
+    blog = network('blog')[0].architecture()
+    assert network_diff(blog, network('no dropout')[0].architecture()) == 'layers.10 Dropout(p=0.5, inplace=False) is gone'
+    assert network_diff(blog, network('extra conv')[0].architecture()) == \
+        'layers.8 Conv2d(32, 32, kernel_size=(3, 3), stride=(1, 1), padding=same), ReLU() is new'
+    gelu = network_diff(blog, network('global average pool, GELU')[0].architecture())
+    assert gelu.startswith("layers.1 was ReLU(), is GELU(approximate='none'); layers.4 was ReLU()")
+    assert gelu.endswith('; and 1 more')                              # three shown, the rest counted
+    assert 'not a list of layers' in network_diff({'a': 1}, blog)
 
 def test_get_device():
     assert get_device('cpu') == 'cpu'
@@ -84,7 +206,8 @@ def test_load_classifier_errors(tmp_path):
     with pytest.raises(ValueError, match='not a checkpoint') as e:
         load_classifier(garbage)
     assert str(garbage) in str(e.value)
-    # weights of another architecture: a clear message, not a state_dict traceback
+    assert '\n' not in str(e.value)                                  # PyTorch's first line, not its paragraph
+    # weights of another architecture, without a record of it: a clear message, not a state_dict traceback
     other = tmp_path / 'other.pt'
     torch.save({'model': nn.Linear(3, 2).state_dict()}, other)
     with pytest.raises(ValueError, match='do not fit model.Classifier'):
@@ -93,40 +216,28 @@ def test_load_classifier_errors(tmp_path):
     torch.save({'weights': 1}, no_model)
     with pytest.raises(ValueError, match='no "model" entry'):
         load_classifier(no_model)
-    assert '\n' not in str(e.value)                                  # PyTorch's first line, not its paragraph
 
 def test_load_classifier_checks_every_field(tmp_path):
-    good = {k: v.clone() for k, v in Classifier().state_dict().items()}
-    nan = {**good, 'layers.6.weight': good['layers.6.weight'].clone().fill_(float('nan'))}
+    model = Classifier()
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    first, second = list(good)[:2]                                    # e.g. layers.0.weight, layers.0.bias
+    nan = {**good, first: good[first].clone().fill_(float('nan'))}
+    arch = model.architecture()
     cases = [({'model': [1, 2]}, '"model" must be a dict of tensors'),
-             ({'model': {**good, 'layers.0.bias': 3}}, '"model" must be a dict of tensors'),
-             ({'model': nan}, r"the weights \['layers.6.weight'\] hold NaN"),
-             ({'model': good, 'epoch': 'ten'}, '"epoch" must be a whole number'),
-             ({'model': good, 'epoch': -1}, '"epoch" must be a whole number')]
+             ({'model': {**good, second: 3}}, '"model" must be a dict of tensors'),
+             ({'model': nan, 'architecture': arch}, rf"the weights \['{first}'\] hold NaN"),
+             ({'model': good, 'architecture': arch, 'epoch': 'ten'}, '"epoch" must be a whole number'),
+             ({'model': good, 'architecture': arch, 'epoch': -1}, '"epoch" must be a whole number'),
+             ({'model': good, 'architecture': 'a string'}, 'its record of the network is a str')]
     for i, (ckpt, message) in enumerate(cases):
         torch.save(ckpt, tmp_path / f'{i}.pt')
         with pytest.raises(ValueError, match=message) as e:
             load_classifier(tmp_path / f'{i}.pt')
         assert f'{i}.pt' in str(e.value) and '\n' not in str(e.value)
-    torch.save({'model': good, 'epoch': 3}, tmp_path / 'ok.pt')
+    torch.save({'model': good, 'architecture': arch, 'epoch': 3}, tmp_path / 'ok.pt')
     assert load_classifier(tmp_path / 'ok.pt')[1]['epoch'] == 3
 
 @pytest.mark.parametrize('name', ['meta', 'xpu', 'hpu'])
 def test_get_device_only_what_the_scripts_run_on(name):
     with pytest.raises(ValueError, match=f'--device {name}: these scripts run on cpu, cuda or mps'):
         get_device(name)
-
-@pytest.mark.parametrize('after_relu', [False, True])
-def test_features_and_logits_in_one_pass(after_relu):
-    torch.manual_seed(0)
-    model = Classifier().eval()
-    x = torch.rand(6, 1, 32, 32)
-    f, logits = model.features_and_logits(x, after_relu)
-    torch.testing.assert_close(f, reference_features(model, x, after_relu))
-    torch.testing.assert_close(logits, model(x))
-    # in training mode the logits go through dropout, as model(x) does
-    model.train()
-    torch.manual_seed(1)
-    _, a = model.features_and_logits(x)
-    torch.manual_seed(1)
-    torch.testing.assert_close(a, model(x))

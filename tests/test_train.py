@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import train as train_py
 from model import Classifier, load_classifier
-from train import blog_epoch, evaluate, save_checkpoint, train, train_epoch
+from networks import save_model
+from train import blog_epoch, evaluate, train, train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,7 +188,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             steps.append(1)
             if len(steps) > 2:
                 return output * float('nan')
-    model.layers[11].register_forward_hook(poison)
+    model.layers[-1].register_forward_hook(poison)
     path = tmp_path / 'classifier.pt'
     with pytest.raises(FloatingPointError, match='became nan at epoch 2') as e:
         train(model, x, y, x, y, epochs=5, batch_size=32, log_every=1, ckpt_path=path)
@@ -207,7 +208,7 @@ def interrupt_at_step(model, step):
             count.append(1)
             if len(count) == step:
                 raise KeyboardInterrupt
-    return model.layers[11].register_forward_hook(hook)
+    return model.layers[-1].register_forward_hook(hook)
 
 def test_interrupted_and_resumed_equals_unbroken_bit_for_bit(tmp_path):
     unbroken, history, _ = run(seed=5, epochs=4, log_every=3)
@@ -354,7 +355,7 @@ def test_cli_resume_refuses_other_settings(tmp_path, fake_data, capsys, args, me
 def test_cli_resume_needs_a_resumable_checkpoint(tmp_path, fake_data, capsys):
     assert main(tmp_path, '--resume') == 1
     assert 'no such checkpoint' in capsys.readouterr().err
-    save_checkpoint(tmp_path / 'out' / 'classifier.pt', Classifier(), epoch=3)  # the old format
+    save_model(tmp_path / 'out' / 'classifier.pt', Classifier(), epoch=3)  # the old format
     assert main(tmp_path, '--resume') == 1
     assert 'no optimizer state (it was written by an older train.py)' in capsys.readouterr().err
 
@@ -459,3 +460,51 @@ def test_resume_needs_every_field(tmp_path, fake_data, capsys):
     assert main(tmp_path, '--epochs', '4', '--resume') == 1
     err = capsys.readouterr().err
     assert f'{ckpt_path}: cannot be resumed: its epoch is missing' in err and 'Traceback' not in err
+
+# -----------------------------------------------------------------------------
+# an edit of the network or of the optimizer meets an old checkpoint
+
+def test_resume_refuses_a_checkpoint_of_another_network(tmp_path, fake_data, capsys):
+    from networks import other_network
+    assert main(tmp_path, '--epochs', '2') == 0
+    path = tmp_path / 'out' / 'classifier.pt'
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt['architecture'] == Classifier().architecture()       # the network it was trained with
+    ckpt['architecture'] = other_network().architecture()            # as if model.py changed since
+    torch.save(ckpt, path)
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main(tmp_path, '--epochs', '4', '--resume') == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {path} was trained with another network than model.py builds now (layers.')
+    assert err.endswith('python train.py trains the current one\n') and err.count('\n') == 1
+    assert path.read_bytes() == before
+    # without --resume, a new run trains the current network and keeps the old checkpoint
+    assert main(tmp_path, '--epochs', '2') == 0
+    assert (tmp_path / 'out' / 'classifier.prev.pt').read_bytes() == before
+    assert load_classifier(path)[1]['architecture'] == Classifier().architecture()
+
+def test_the_optimizer_is_made_in_one_place(tmp_path, fake_data, monkeypatch, capsys):
+    made = []
+    def sgd(model, lr):
+        made.append(lr)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    monkeypatch.setattr(train_py, 'make_optimizer', sgd)
+    assert main(tmp_path, '--epochs', '2') == 0
+    ckpt = torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)
+    assert ckpt['optimizer_name'].startswith('SGD(momentum=0.9, dampening=0')
+    assert ckpt['optimizer']['param_groups'][0]['momentum'] == 0.9
+    # resume follows it: SGD on with SGD; with Adam back, one line instead of a KeyError
+    assert main(tmp_path, '--epochs', '3', '--resume') == 0
+    assert torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)['epoch'] == 3
+    monkeypatch.setattr(train_py, 'make_optimizer', lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
+    capsys.readouterr()
+    assert main(tmp_path, '--epochs', '4', '--resume') == 1
+    err = capsys.readouterr().err
+    assert 'was trained with the optimizer SGD(momentum=0.9' in err and 'now makes Adam(' in err
+    assert err.count('\n') == 1
+    # and --compare-blog-loop times both loops with it
+    monkeypatch.setattr(train_py, 'make_optimizer', sgd)
+    made.clear()
+    assert main(tmp_path, '--compare-blog-loop', '1') == 0
+    assert made == [0.01, 0.01]
