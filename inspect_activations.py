@@ -135,7 +135,7 @@ def plot_histograms(f, path, bins=100):
         ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
         ax.set_title(f'feature {k}', fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f'the first 16 of {f.shape[1]} features before the last ReLU (test set), with the fitted normal density')
+    fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
 
 def plot_confusion(C, path):
