@@ -237,8 +237,11 @@ def network_diff(old, new, most=3):
     name = lambda s: s.split(': ', 1)[0]       # 'layers.1: ReLU()' -> 'layers.1'
     layer = lambda s: s.split(': ', 1)[-1]     # 'layers.1: ReLU()' -> 'ReLU()'
     changes = []
-    matcher = difflib.SequenceMatcher(a=[layer(s) for s in old], b=[layer(s) for s in new], autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+    # as many layers: compare them place by place; else let difflib find what was added or removed
+    ops = ([('replace', i, i + 1, i, i + 1) for i in range(len(new)) if layer(old[i]) != layer(new[i])]
+           if len(old) == len(new) else
+           difflib.SequenceMatcher(a=[layer(s) for s in old], b=[layer(s) for s in new], autojunk=False).get_opcodes())
+    for op, i1, i2, j1, j2 in ops:
         was, now = ', '.join(map(layer, old[i1:i2])), ', '.join(map(layer, new[j1:j2]))
         if op == 'replace':
             changes.append(f'{name(new[j1])} was {was}, is {now}')

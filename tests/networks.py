@@ -49,9 +49,12 @@ def edit(name):
                                         nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True), nn.AvgPool2d(4),
                                         nn.Flatten(), nn.Dropout(), nn.Linear(128, 10)],
                                        [2, 5, 8], 6, 128),
+        'hidden linear layer': ([*blog()[:10], nn.Linear(128, 64), nn.ReLU(), nn.Dropout(), nn.Linear(64, 10)],
+                                [2, 5, 8], 6, 128),
     }[name]
 
-EDITS = ['wider', 'batchnorm', 'no dropout', 'extra conv', 'global average pool, GELU', 'in-place ReLU, 5x5 kernels']
+EDITS = ['wider', 'batchnorm', 'no dropout', 'extra conv', 'global average pool, GELU', 'in-place ReLU, 5x5 kernels',
+         'hidden linear layer']
 
 def network(name, seed=0):
     """(a Classifier whose self.layers is edit(name)'s, with weights drawn from seed, its

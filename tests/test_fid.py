@@ -742,7 +742,7 @@ def test_cli_damaged_files_are_one_line_each(setup, small_mnist, capsys):
     np.save(tmp_path / 'images.npy', small_mnist[2][:20].numpy())
     (tmp_path / 'images.npy').rename(tmp_path / 'renamed.npz')
     torch.save(small_mnist[2][:20].to_sparse(), tmp_path / 'sparse.pt')
-    nan = {k: v.clone().fill_(float('nan')) for k, v in model.state_dict().items()}
+    nan = {k: v.clone().fill_(float('nan')) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save({'model': nan, 'epoch': 3}, tmp_path / 'nan.pt')
     np.save(tmp_path / 'gen.npy', small_mnist[2][:20].numpy())
     for argv, named in (([tmp_path / 'cut.npz'], 'cut.npz'), ([tmp_path / 'renamed.npz'], 'renamed.npz'),

@@ -37,18 +37,19 @@ def test_mean_maps_equal_direct_computation(name):
         assert maps[2].shape == (10, 8, 16, 16) and maps[5].shape == (10, 16, 8, 8) and maps[8].shape == (10, 32, 2, 2)
 
 def test_dead_channels():
-    maps = torch.rand(10, 4, 3, 3) + 0.5
+    maps = torch.rand(10, 4, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.5
+    maps[:, 0] = 1.0            # the largest channel mean: exactly 1
     maps[:, 1] = 0              # never fires
     maps[:, 3] = 1e-4           # fires, but far below 1% of the largest
     maps[0, 2] = 1e-4           # silent for one digit only: not dead
     dead, limit = dead_channels(maps, threshold=0.01)
     assert dead == [1, 3]
-    assert limit == pytest.approx(0.01 * maps.mean(dim=(2, 3)).max().item())
+    assert limit == pytest.approx(0.01)
     # threshold 0: only the channels that are exactly zero for every digit
     assert dead_channels(maps, threshold=0.0)[0] == [1]
-    # a channel exactly at the limit counts as dead ("at or below")
-    maps[:, 3] = limit
-    assert dead_channels(maps, threshold=0.01)[0] == [1, 3]
+    # a channel exactly at the limit counts as dead ("at or below"); 2**-6, a mean without rounding
+    maps[:, 3] = 2 ** -6
+    assert dead_channels(maps, threshold=2 ** -6) == ([1, 3], 2 ** -6)
 
 def test_a_level_that_is_all_zero_is_all_dead():
     dead, limit = dead_channels(torch.zeros(10, 5, 2, 2), threshold=0.01)

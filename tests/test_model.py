@@ -184,9 +184,16 @@ def test_network_diff_names_the_layers():
     assert network_diff(blog, network('no dropout')[0].architecture()) == 'layers.10 Dropout(p=0.5, inplace=False) is gone'
     assert network_diff(blog, network('extra conv')[0].architecture()) == \
         'layers.8 Conv2d(32, 32, kernel_size=(3, 3), stride=(1, 1), padding=same), ReLU() is new'
+    assert network_diff(blog, network('wider')[0].architecture()) == (
+        'layers.0 was Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=same), '
+        'is Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=same); '
+        'layers.3 was Conv2d(8, 16, kernel_size=(3, 3), stride=(1, 1), padding=same), '
+        'is Conv2d(16, 32, kernel_size=(3, 3), stride=(1, 1), padding=same); '
+        'layers.6 was Conv2d(16, 32, kernel_size=(3, 3), stride=(1, 1), padding=same), '
+        'is Conv2d(32, 64, kernel_size=(3, 3), stride=(1, 1), padding=same); and 1 more')
     gelu = network_diff(blog, network('global average pool, GELU')[0].architecture())
     assert gelu.startswith("layers.1 was ReLU(), is GELU(approximate='none'); layers.4 was ReLU()")
-    assert gelu.endswith('; and 1 more')                              # three shown, the rest counted
+    assert gelu.endswith('; and 2 more')                              # three shown, the rest counted
     assert 'not a list of layers' in network_diff({'a': 1}, blog)
 
 def test_get_device():

@@ -503,8 +503,19 @@ def test_the_optimizer_is_made_in_one_place(tmp_path, fake_data, monkeypatch, ca
     err = capsys.readouterr().err
     assert 'was trained with the optimizer SGD(momentum=0.9' in err and 'now makes Adam(' in err
     assert err.count('\n') == 1
-    # and --compare-blog-loop times both loops with it
+    # a checkpoint of an older train.py records no optimizer: it was Adam's
+    assert main(tmp_path, '--epochs', '2', out='old') == 0
+    ckpt = torch.load(tmp_path / 'old' / 'classifier.pt', weights_only=True)
+    del ckpt['optimizer_name']
+    torch.save(ckpt, tmp_path / 'old' / 'classifier.pt')
     monkeypatch.setattr(train_py, 'make_optimizer', sgd)
+    capsys.readouterr()
+    assert main(tmp_path, '--epochs', '3', '--resume', out='old') == 1
+    assert 'was trained with the optimizer Adam, and make_optimizer in train.py now makes SGD(' in capsys.readouterr().err
+    monkeypatch.setattr(train_py, 'make_optimizer', lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
+    assert main(tmp_path, '--epochs', '3', '--resume', out='old') == 0
+    monkeypatch.setattr(train_py, 'make_optimizer', sgd)
+    # and --compare-blog-loop times both loops with it
     made.clear()
     assert main(tmp_path, '--compare-blog-loop', '1') == 0
     assert made == [0.01, 0.01]
