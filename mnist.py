@@ -21,7 +21,7 @@ an already-decompressed file) and every corrupt one is rejected.
 
 Following the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios), the
 28x28 images are scaled to [0, 1] and padded with 2 zero pixels on each side to 32x32, so
-that three halvings of the resolution (32 -> 16 -> 8 -> 4) stay whole numbers.
+that the network's two halvings and its final 4x4 average (32 -> 16 -> 8 -> 2) divide evenly.
 """
 
 import errno
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
 # the dataset: file names, checksums of the decompressed content, and mirrors
-# (the same values as ../shared/mnist/README.md and every public mirror)
+# (the checksums every public mirror's copy has)
 
 SHA256 = {
     'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
@@ -226,6 +226,8 @@ def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
     Images are float32 pixel / 255, zero-padded from 28x28 to 32x32; labels are int64.
     Like the blog, we use the official test set as the validation set.
     """
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ValueError(f'{data_dir} is a file, not a folder for the MNIST files')
     x_train, y_train = load_split('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
                                   data_dir, mirrors, sha256)
     x_val, y_val = load_split('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',

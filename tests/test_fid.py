@@ -365,7 +365,7 @@ def small_mnist():
         x_train, y_train, x_val, y_val = load_mnist(ROOT / 'data')
     except FileNotFoundError as e:
         pytest.fail(f'these tests need the four real MNIST files in {ROOT / "data"} '
-                    f'(copy them from ../shared/mnist/):\n{e}')
+                    f'(put the four .gz files there, or let mnist.py download them):\n{e}')
     return x_train[:600], y_train[:600], x_val[:300], y_val[:300]
 
 @pytest.fixture

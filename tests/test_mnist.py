@@ -284,7 +284,7 @@ def real():
         return mnist.load_mnist(DATA_DIR)
     except FileNotFoundError as e:
         pytest.fail(f'these tests need the four real MNIST files in {DATA_DIR} '
-                    f'(copy them from ../shared/mnist/ or let mnist.py download them):\n{e}')
+                    f'(put the four .gz files there, or let mnist.py download them):\n{e}')
 
 def test_real_shapes_and_dtypes(real):
     x_train, y_train, x_val, y_val = real
@@ -608,3 +608,14 @@ def open_npy_bytes():
     b = io.BytesIO()
     np.save(b, np.zeros((10, 28, 28), np.float32))
     return b.getvalue()
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / 'file').write_bytes(b'')
+    with pytest.raises(ValueError, match=f'{tmp_path / "file"} is a file, not a folder for the MNIST files'):
+        mnist.load_mnist(tmp_path / 'file')
+    r = subprocess.run([sys.executable, 'train.py', '--data-dir', str(tmp_path / 'file'), '--out-dir', str(tmp_path / 'o'),
+                        '--epochs', '1', '--device', 'cpu'], cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == f'error: {tmp_path / "file"} is a file, not a folder for the MNIST files\n'

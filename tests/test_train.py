@@ -386,7 +386,7 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
 def test_real_ctrl_c_in_a_real_run(tmp_path):
     """`python train.py`, sent SIGINT during epoch 2: no traceback, epoch 1 kept, resumable."""
     if not any((ROOT / 'data' / n).exists() for n in ('train-images-idx3-ubyte.gz', 'train-images-idx3-ubyte')):
-        pytest.fail(f'this test needs the real MNIST files in {ROOT / "data"} (copy them from ../shared/mnist/)')
+        pytest.fail(f'this test needs the real MNIST files in {ROOT / "data"} (put the four .gz files there, or let mnist.py download them)')
     p = subprocess.Popen([sys.executable, '-u', 'train.py', '--epochs', '3', '--device', 'cpu',
                           '--out-dir', str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True,
