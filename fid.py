@@ -32,8 +32,8 @@ The same images score differently under different classifiers, so every report n
 yardstick: the classifier (the first 12 hex digits of its checkpoint's SHA-256), the
 features and N on each side; statistics files carry the same, and are only compared with
 statistics of the same yardstick. Statistics files are .npz with `mu` and `sigma`, as in
-pytorch-fid (mseitzer/pytorch-fid). Images come in through mnist.load_images (a .npy or .pt
-file, or a folder of PNGs), checked and shaped by mnist.to_model_input.
+pytorch-fid (mseitzer/pytorch-fid). Images come in through load_images (a .npy or .pt
+file, or a folder of PNGs), checked and shaped by to_model_input.
 """
 
 import argparse
@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import (SHA256, cached, check_writable, load_images, load_mnist, load_npz, pad, plot_tiles, save_npz,
-                   seed_arg, to_model_input)
+from mnist import (SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, read_file, reason,
+                   save_npz, seed_arg)
 from model import classifier_id, get_device, load_classifier
 
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
@@ -475,6 +475,106 @@ def print_report(r, name, real_name):
           f'{r["pr_n_real"]:,}, k = {PR_K}; density/coverage k = {DC_K})')
     for w in r['warnings']:
         print(f'warning: {w}', file=sys.stderr)
+
+# -----------------------------------------------------------------------------
+# generated digits: the images this file scores, from every shape generators write them in,
+# brought to the shape and range load_mnist gives
+
+def to_model_input(x, name):
+    """Check generated digits and shape them as the classifier expects: (N, 1, 32, 32) float32.
+
+    Accepts (N, 28, 28) or (N, 32, 32) images, with a channel of 1 first (N, 1, H, W) or
+    last (N, H, W, 1), or flattened (N, 784) / (N, 1024); floats in [0, 1] (within 1e-6:
+    rounding in a generator is clipped) or uint8 0-255. Anything else gets one ValueError
+    that names the input and says what was expected. Float32 32x32 images within [0, 1]
+    come back as they are, sharing their memory (no copy); the others in a new array.
+    """
+    if isinstance(x, np.ndarray) and x.dtype.kind not in 'uf':       # strings, dates, records, objects
+        raise ValueError(f'{name}: expected images of numbers (uint8 or float), got numpy dtype {x.dtype}')
+    if torch.is_tensor(x) and x.layout != torch.strided:
+        raise ValueError(f'{name}: a {x.layout} tensor; expected a dense one (x.to_dense())')
+    x = torch.as_tensor(x)
+    shapes = '(N, 28, 28) or (N, 32, 32), also as (N, 1, H, W), (N, H, W, 1), (N, 784) or (N, 1024)'
+    if x.ndim == 2 and x.shape[1] in (784, 1024):
+        x = x.reshape(len(x), *((28, 28) if x.shape[1] == 784 else (32, 32)))   # (N, H, W)
+    elif x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]                                                   # (N, H, W)
+    elif x.ndim == 4 and x.shape[3] == 1:
+        x = x[..., 0]                                                 # channels last
+    if x.ndim != 3 or tuple(x.shape[1:]) not in ((28, 28), (32, 32)):
+        raise ValueError(f'{name}: expected grayscale images of shape {shapes}, got {tuple(x.shape)}')
+    lo = hi = None                                                    # the range of float images
+    if x.is_floating_point():
+        # min and max need no memory and are NaN when any value is (torch.isfinite(x) would
+        # make a 400 MB temporary at 100,000 images)
+        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f'{name}: {int((~torch.isfinite(x)).sum())} values are NaN or infinite')
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            hint = ('they look like [-1, 1], the usual output range of diffusion models: map them with '
+                    '(x + 1) / 2' if lo <= -0.5 and hi <= 1 + 1e-6 else 'divide uint8 values by 255, or clip')
+            raise ValueError(f'{name}: float images must lie in [0, 1], found values from {lo:.9g} '
+                             f'to {hi:.9g}: {hint}')
+    elif x.dtype != torch.uint8:
+        raise ValueError(f'{name}: expected float images in [0, 1] or uint8 in 0-255, got {x.dtype}')
+    if len(x) < 2:
+        raise ValueError(f'{name}: the metrics need at least 2 images, got {len(x)}')
+    # images already in the classifier's form, float32 32x32 within [0, 1] (as load_images
+    # returns them), are used as they are: a second copy of 100,000 images costs 400 MB
+    if x.dtype == torch.float32 and x.shape[1] == 32 and lo >= 0 and hi <= 1:
+        return x[:, None]                                             # (N, 1, 32, 32), shares x's memory
+    # else into one float32 array made once (no copies of 100,000 images on the way); 28x28
+    # digits get the 2-pixel border of zeros that mnist.py gives MNIST
+    out = torch.zeros(len(x), 1, 32, 32)                              # (N, 1, 32, 32)
+    o = (32 - x.shape[1]) // 2                                        # 2 for 28x28, 0 for 32x32
+    out[:, 0, o:32 - o, o:32 - o] = x
+    return out.div_(255) if x.dtype == torch.uint8 else out.clamp_(0, 1)
+
+def read_png_folder(folder):
+    """The *.png images of a folder, by name (pytorch-fid's convention): (N, H, W) float32 in [0, 1].
+    Grayscale, or RGB/RGBA with equal colour channels and no transparency."""
+    from matplotlib.image import imread
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == '.png')
+    if not files:
+        raise ValueError(f'{folder}: no .png images in this folder')
+    images = []
+    for p in files:
+        try:
+            a = np.asarray(imread(p), dtype=np.float32)               # (H, W) or (H, W, 2-4) in [0, 1]
+        except Exception as e:
+            raise ValueError(f'{p}: not a readable PNG image ({reason(e)})') from None
+        if a.ndim == 3:                   # (H, W, C): gray + alpha (2), RGB (3) or RGBA (4)
+            n_colour = 1 if a.shape[2] == 2 else 3
+            colour, alpha = a[..., :n_colour], a[..., n_colour:]      # alpha (H, W, 0 or 1)
+            if (alpha < 1).any():
+                raise ValueError(f'{p}: the image has transparent pixels; expected opaque grayscale digits')
+            if (colour != colour[..., :1]).any():
+                raise ValueError(f'{p}: a colour image; expected grayscale digits (or RGB with equal channels)')
+            a = colour[..., 0]
+        if images and a.shape != images[0].shape:
+            raise ValueError(f'{folder}: images of mixed sizes: {files[0].name} is {images[0].shape[1]}x'
+                             f'{images[0].shape[0]}, {p.name} is {a.shape[1]}x{a.shape[0]}')
+        images.append(a)
+    return np.stack(images)
+
+def load_images(path):
+    """Generated digits from a .npy or .pt file or a folder of PNGs, checked, as (N, 1, 32, 32)."""
+    path = Path(path)
+    if path.is_dir():
+        return to_model_input(read_png_folder(path), path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such file or folder')
+    if path.suffix == '.npy':
+        # read_file: a damaged file, or a header that claims more than memory holds, is one line
+        x = read_file(path, lambda p: np.load(p, allow_pickle=False),
+                      'a readable .npy array: empty, cut short or not numpy')
+    elif path.suffix == '.pt':
+        x = read_file(path, lambda p: torch.load(p, map_location='cpu', weights_only=True), 'a readable .pt file')
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f'{path}: expected one tensor of images, got {type(x).__name__}')
+    else:
+        raise ValueError(f'{path}: expected a .npy or .pt file of images, a folder of PNGs, or .npz statistics')
+    return to_model_input(x, path)
 
 # -----------------------------------------------------------------------------
 # statistics files: mu and sigma with their yardstick, as --save-stats writes them (mnist.save_npz)

@@ -1,17 +1,16 @@
 """
-MNIST from the raw bytes: an IDX parser, a verified downloader, and the loader that
-train.py, inspect_activations.py and fid.py use; the one way every script writes and
-reads its files (write_atomic, check_writable, read_file, the .npz caches) and draws its
-tiled figures; and the reader of generated digits (load_images: .npy, .pt or a folder of
-PNGs) that brings them to the same shape and range for fid.py.
+MNIST from the raw bytes, as the blog's "MNIST Dataset" section uses it: an IDX parser,
+the loader that train.py, inspect_activations.py and fid.py use, and the blog's first
+figure. Behind them, under a ruler, the plumbing every script shares: finding,
+downloading and verifying the files, writing every output atomically, reading files with
+one-line errors, the .npz caches, tiled figures.
 
     python mnist.py                 # print the split sizes, write out/mnist_samples.png
 
 As a library:
 
-    from mnist import load_images, load_mnist
+    from mnist import load_mnist
     x_train, y_train, x_val, y_val = load_mnist('data')   # (60000, 32, 32), (60000,), ...
-    x = load_images('samples.npy')   # generated digits (.npy, .pt, PNG folder) -> (N, 1, 32, 32)
 
 MNIST comes as four files in the IDX format (http://yann.lecun.com/exdb/mnist/), usually
 gzip-compressed. We parse them ourselves (no torchvision): an IDX file is a tiny big-endian
@@ -27,7 +26,6 @@ that the network's two halvings and its final 4x4 average (32 -> 16 -> 8 -> 2) d
 import errno
 import gzip
 import hashlib
-import math
 import os
 import struct
 import sys
@@ -67,27 +65,7 @@ IDX_DTYPES = {
 }
 
 # -----------------------------------------------------------------------------
-# reading one IDX file
-
-def read_bytes(path):
-    """The content of a file, decompressed if its name ends in .gz."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == '.gz':
-        raw = gunzip(raw, path)
-    return raw
-
-def gunzip(raw, name):
-    """Decompress gzip bytes; a file that is not gzip or is corrupt gets one ValueError."""
-    if len(raw) == 0:
-        raise ValueError(f'{name}: the file is empty (expected gzip-compressed IDX data)')
-    if raw[:2] != b'\x1f\x8b':
-        raise ValueError(f'{name}: not a gzip file (it does not start with the gzip '
-                         f'magic bytes 1f 8b), although its name ends in .gz')
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # bad header, cut short, bad CRC, bad data
-        raise ValueError(f'{name}: corrupt gzip data ({e})') from None
+# the blog's path: the IDX bytes -> load_mnist (scaled to [0, 1], padded to 32x32) -> a figure
 
 def parse_idx(raw, name='<bytes>'):
     """Parse the bytes of an IDX file into a numpy array of the declared shape and dtype."""
@@ -127,71 +105,6 @@ def parse_idx(raw, name='<bytes>'):
     # the data, row-major; astype makes a writable copy in the machine's byte order
     x = np.frombuffer(raw, dtype=dtype, count=n, offset=header_len).reshape(shape)
     return x.astype(dtype.newbyteorder('='))
-
-def read_idx(path):
-    """Read one IDX file, gzip-compressed (.gz) or raw, into a numpy array."""
-    return parse_idx(read_bytes(path), path)
-
-# -----------------------------------------------------------------------------
-# finding, downloading and verifying the four files
-
-def download(name, data_dir, mirrors=MIRRORS, sha256=None, timeout=60):
-    """Download name.gz from the first mirror that serves a verified copy; return its path.
-
-    Each attempt is written to a temporary file in data_dir and renamed only once its
-    decompressed content matches sha256, so data_dir never holds a partial or corrupt file.
-    """
-    sha256 = sha256 or SHA256[name]
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    final = data_dir / f'{name}.gz'
-    errors = []
-    for mirror in mirrors:
-        url = mirror + final.name
-        print(f'downloading {url}')
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f'.{final.name}.', suffix='.part')
-        try:
-            with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-                f.write(r.read())
-            digest = hashlib.sha256(gunzip(Path(tmp).read_bytes(), url)).hexdigest()
-            if digest != sha256:
-                raise ValueError(f'wrong content (SHA-256 {digest}, expected {sha256})')
-            os.replace(tmp, final)
-            return final
-        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
-            errors.append(f'  {url}: {e}')
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    files = '\n'.join(f'  {n}.gz' for n in SHA256)
-    raise FileNotFoundError(
-        f'could not download {final.name}:\n' + '\n'.join(errors) +
-        f'\nWithout internet, put the four MNIST files (gzip-compressed or not) into '
-        f'{data_dir.resolve()}/ yourself:\n{files}\nThey are served by:\n' +
-        '\n'.join(f'  {m}' for m in mirrors))
-
-def find_or_download(name, data_dir, mirrors=MIRRORS, sha256=None):
-    """Path of name in data_dir (as name.gz, or decompressed as name); download if absent."""
-    for path in (Path(data_dir) / f'{name}.gz', Path(data_dir) / name):
-        if path.is_file():
-            return path
-    return download(name, data_dir, mirrors, sha256)
-
-def read_verified(path, sha256):
-    """Read an IDX file and check the SHA-256 of its decompressed content first."""
-    try:
-        raw = read_bytes(path)
-    except ValueError as e:  # not gzip, or corrupt gzip
-        raise ValueError(f'{e}. Delete it so that it is downloaded again, or replace it.') from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != sha256:
-        raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is '
-                         f'{digest}, expected {sha256}. The file is corrupt or not this MNIST '
-                         f'file: delete it so that it is downloaded again, or replace it.')
-    return parse_idx(raw, path)
-
-# -----------------------------------------------------------------------------
-# the dataset as the blog uses it
 
 def pad(x):
     """(N, 28, 28) -> (N, 32, 32): 2 zero pixels on each side, as in the blog."""
@@ -233,6 +146,123 @@ def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
     x_val, y_val = load_split('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
                               data_dir, mirrors, sha256)
     return x_train, y_train, x_val, y_val
+
+def plot_samples(x, y, path, per_digit=10, seed=0):
+    """The blog's first figure: one row per digit, random images of that digit."""
+    g = torch.Generator().manual_seed(seed)
+    tiles = []
+    for digit in range(10):
+        idx = torch.nonzero(y == digit).squeeze(1)               # (n_digit,)
+        tiles.append(x[idx[torch.randperm(len(idx), generator=g)[:per_digit]]])  # (per_digit, 32, 32)
+    plot_tiles(torch.stack(tiles), path, row_labels=[str(d) for d in range(10)], ylabel='digit')
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
+    parser.add_argument('--out-dir', default='out', help='folder for the figure')
+    parser.add_argument('--seed', type=seed_arg, default=0, help='which random digits to plot')
+    args = parser.parse_args(argv)
+    print(vars(args))
+
+    try:
+        check_writable(args.out_dir)
+        x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # no files and no network, a bad file, no place to write
+        parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt:
+        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
+    print(f'train: x {tuple(x_train.shape)} {x_train.dtype}, y {tuple(y_train.shape)} {y_train.dtype}')
+    print(f'val:   x {tuple(x_val.shape)} {x_val.dtype}, y {tuple(y_val.shape)} {y_val.dtype}')
+    print('train images per digit:', torch.bincount(y_train, minlength=10).tolist())
+    print('val images per digit:  ', torch.bincount(y_val, minlength=10).tolist())
+    path = Path(args.out_dir) / 'mnist_samples.png'
+    plot_samples(x_val, y_val, path, seed=args.seed)
+    print(f'wrote {path}')
+
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file.
+# Finding, downloading and verifying the four files
+
+def find_or_download(name, data_dir, mirrors=MIRRORS, sha256=None):
+    """Path of name in data_dir (as name.gz, or decompressed as name); download if absent."""
+    for path in (Path(data_dir) / f'{name}.gz', Path(data_dir) / name):
+        if path.is_file():
+            return path
+    return download(name, data_dir, mirrors, sha256)
+
+def download(name, data_dir, mirrors=MIRRORS, sha256=None, timeout=60):
+    """Download name.gz from the first mirror that serves a verified copy; return its path.
+
+    Each attempt is written to a temporary file in data_dir and renamed only once its
+    decompressed content matches sha256, so data_dir never holds a partial or corrupt file.
+    """
+    sha256 = sha256 or SHA256[name]
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    final = data_dir / f'{name}.gz'
+    errors = []
+    for mirror in mirrors:
+        url = mirror + final.name
+        print(f'downloading {url}')
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f'.{final.name}.', suffix='.part')
+        try:
+            with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
+                f.write(r.read())
+            digest = hashlib.sha256(gunzip(Path(tmp).read_bytes(), url)).hexdigest()
+            if digest != sha256:
+                raise ValueError(f'wrong content (SHA-256 {digest}, expected {sha256})')
+            os.replace(tmp, final)
+            return final
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+            errors.append(f'  {url}: {e}')
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    files = '\n'.join(f'  {n}.gz' for n in SHA256)
+    raise FileNotFoundError(
+        f'could not download {final.name}:\n' + '\n'.join(errors) +
+        f'\nWithout internet, put the four MNIST files (gzip-compressed or not) into '
+        f'{data_dir.resolve()}/ yourself:\n{files}\nThey are served by:\n' +
+        '\n'.join(f'  {m}' for m in mirrors))
+
+def read_verified(path, sha256):
+    """Read an IDX file and check the SHA-256 of its decompressed content first."""
+    try:
+        raw = read_bytes(path)
+    except ValueError as e:  # not gzip, or corrupt gzip
+        raise ValueError(f'{e}. Delete it so that it is downloaded again, or replace it.') from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is '
+                         f'{digest}, expected {sha256}. The file is corrupt or not this MNIST '
+                         f'file: delete it so that it is downloaded again, or replace it.')
+    return parse_idx(raw, path)
+
+def read_bytes(path):
+    """The content of a file, decompressed if its name ends in .gz."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == '.gz':
+        raw = gunzip(raw, path)
+    return raw
+
+def gunzip(raw, name):
+    """Decompress gzip bytes; a file that is not gzip or is corrupt gets one ValueError."""
+    if len(raw) == 0:
+        raise ValueError(f'{name}: the file is empty (expected gzip-compressed IDX data)')
+    if raw[:2] != b'\x1f\x8b':
+        raise ValueError(f'{name}: not a gzip file (it does not start with the gzip '
+                         f'magic bytes 1f 8b), although its name ends in .gz')
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # bad header, cut short, bad CRC, bad data
+        raise ValueError(f'{name}: corrupt gzip data ({e})') from None
+
+def read_idx(path):
+    """Read one IDX file, gzip-compressed (.gz) or raw, into a numpy array."""
+    return parse_idx(read_bytes(path), path)
 
 # -----------------------------------------------------------------------------
 # writing and reading files: one way to succeed, one way to fail (see the README's guarantees)
@@ -336,6 +366,9 @@ def reason(e):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
 
+# -----------------------------------------------------------------------------
+# figures, and the --seed flag of every script
+
 def save_figure(fig, path):
     """Save a matplotlib figure as PNG via a temporary name and a rename."""
     write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
@@ -381,117 +414,6 @@ def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_l
         ax.set_title(title, fontsize=10, pad=24 if col_labels else 6)
     save_figure(fig, path)
 
-def plot_samples(x, y, path, per_digit=10, seed=0):
-    """The blog's first figure: one row per digit, random images of that digit."""
-    g = torch.Generator().manual_seed(seed)
-    tiles = []
-    for digit in range(10):
-        idx = torch.nonzero(y == digit).squeeze(1)               # (n_digit,)
-        tiles.append(x[idx[torch.randperm(len(idx), generator=g)[:per_digit]]])  # (per_digit, 32, 32)
-    plot_tiles(torch.stack(tiles), path, row_labels=[str(d) for d in range(10)], ylabel='digit')
-
-# -----------------------------------------------------------------------------
-# generated digits: the images fid.py scores, from every shape generators write them in,
-# brought to the shape and range load_mnist gives
-
-def to_model_input(x, name):
-    """Check generated digits and shape them as the classifier expects: (N, 1, 32, 32) float32.
-
-    Accepts (N, 28, 28) or (N, 32, 32) images, with a channel of 1 first (N, 1, H, W) or
-    last (N, H, W, 1), or flattened (N, 784) / (N, 1024); floats in [0, 1] (within 1e-6:
-    rounding in a generator is clipped) or uint8 0-255. Anything else gets one ValueError
-    that names the input and says what was expected. Float32 32x32 images within [0, 1]
-    come back as they are, sharing their memory (no copy); the others in a new array.
-    """
-    if isinstance(x, np.ndarray) and x.dtype.kind not in 'uf':       # strings, dates, records, objects
-        raise ValueError(f'{name}: expected images of numbers (uint8 or float), got numpy dtype {x.dtype}')
-    if torch.is_tensor(x) and x.layout != torch.strided:
-        raise ValueError(f'{name}: a {x.layout} tensor; expected a dense one (x.to_dense())')
-    x = torch.as_tensor(x)
-    shapes = '(N, 28, 28) or (N, 32, 32), also as (N, 1, H, W), (N, H, W, 1), (N, 784) or (N, 1024)'
-    if x.ndim == 2 and x.shape[1] in (784, 1024):
-        x = x.reshape(len(x), *((28, 28) if x.shape[1] == 784 else (32, 32)))   # (N, H, W)
-    elif x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]                                                   # (N, H, W)
-    elif x.ndim == 4 and x.shape[3] == 1:
-        x = x[..., 0]                                                 # channels last
-    if x.ndim != 3 or tuple(x.shape[1:]) not in ((28, 28), (32, 32)):
-        raise ValueError(f'{name}: expected grayscale images of shape {shapes}, got {tuple(x.shape)}')
-    lo = hi = None                                                    # the range of float images
-    if x.is_floating_point():
-        # min and max need no memory and are NaN when any value is (torch.isfinite(x) would
-        # make a 400 MB temporary at 100,000 images)
-        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f'{name}: {int((~torch.isfinite(x)).sum())} values are NaN or infinite')
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            hint = ('they look like [-1, 1], the usual output range of diffusion models: map them with '
-                    '(x + 1) / 2' if lo <= -0.5 and hi <= 1 + 1e-6 else 'divide uint8 values by 255, or clip')
-            raise ValueError(f'{name}: float images must lie in [0, 1], found values from {lo:.9g} '
-                             f'to {hi:.9g}: {hint}')
-    elif x.dtype != torch.uint8:
-        raise ValueError(f'{name}: expected float images in [0, 1] or uint8 in 0-255, got {x.dtype}')
-    if len(x) < 2:
-        raise ValueError(f'{name}: the metrics need at least 2 images, got {len(x)}')
-    # images already in the classifier's form, float32 32x32 within [0, 1] (as load_images
-    # returns them), are used as they are: a second copy of 100,000 images costs 400 MB
-    if x.dtype == torch.float32 and x.shape[1] == 32 and lo >= 0 and hi <= 1:
-        return x[:, None]                                             # (N, 1, 32, 32), shares x's memory
-    # else into one float32 array made once (no copies of 100,000 images on the way); 28x28
-    # digits get the 2-pixel border of zeros that mnist.py gives MNIST
-    out = torch.zeros(len(x), 1, 32, 32)                              # (N, 1, 32, 32)
-    o = (32 - x.shape[1]) // 2                                        # 2 for 28x28, 0 for 32x32
-    out[:, 0, o:32 - o, o:32 - o] = x
-    return out.div_(255) if x.dtype == torch.uint8 else out.clamp_(0, 1)
-
-def read_png_folder(folder):
-    """The *.png images of a folder, by name (pytorch-fid's convention): (N, H, W) float32 in [0, 1].
-    Grayscale, or RGB/RGBA with equal colour channels and no transparency."""
-    from matplotlib.image import imread
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == '.png')
-    if not files:
-        raise ValueError(f'{folder}: no .png images in this folder')
-    images = []
-    for p in files:
-        try:
-            a = np.asarray(imread(p), dtype=np.float32)               # (H, W) or (H, W, 2-4) in [0, 1]
-        except Exception as e:
-            raise ValueError(f'{p}: not a readable PNG image ({reason(e)})') from None
-        if a.ndim == 3:                   # (H, W, C): gray + alpha (2), RGB (3) or RGBA (4)
-            n_colour = 1 if a.shape[2] == 2 else 3
-            colour, alpha = a[..., :n_colour], a[..., n_colour:]      # alpha (H, W, 0 or 1)
-            if (alpha < 1).any():
-                raise ValueError(f'{p}: the image has transparent pixels; expected opaque grayscale digits')
-            if (colour != colour[..., :1]).any():
-                raise ValueError(f'{p}: a colour image; expected grayscale digits (or RGB with equal channels)')
-            a = colour[..., 0]
-        if images and a.shape != images[0].shape:
-            raise ValueError(f'{folder}: images of mixed sizes: {files[0].name} is {images[0].shape[1]}x'
-                             f'{images[0].shape[0]}, {p.name} is {a.shape[1]}x{a.shape[0]}')
-        images.append(a)
-    return np.stack(images)
-
-def load_images(path):
-    """Generated digits from a .npy or .pt file or a folder of PNGs, checked, as (N, 1, 32, 32)."""
-    path = Path(path)
-    if path.is_dir():
-        return to_model_input(read_png_folder(path), path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such file or folder')
-    if path.suffix == '.npy':
-        # read_file: a damaged file, or a header that claims more than memory holds, is one line
-        x = read_file(path, lambda p: np.load(p, allow_pickle=False),
-                      'a readable .npy array: empty, cut short or not numpy')
-    elif path.suffix == '.pt':
-        x = read_file(path, lambda p: torch.load(p, map_location='cpu', weights_only=True), 'a readable .pt file')
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f'{path}: expected one tensor of images, got {type(x).__name__}')
-    else:
-        raise ValueError(f'{path}: expected a .npy or .pt file of images, a folder of PNGs, or .npz statistics')
-    return to_model_input(x, path)
-
-# -----------------------------------------------------------------------------
-
 def seed_arg(text):
     """argparse type of every --seed: a whole number torch.manual_seed takes, [0, 2**64)."""
     import argparse
@@ -502,31 +424,6 @@ def seed_arg(text):
     if not 0 <= value < 2 ** 64:
         raise argparse.ArgumentTypeError(f'{value} is not in [0, 2**64), the seeds torch.manual_seed takes')
     return value
-
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
-    parser.add_argument('--out-dir', default='out', help='folder for the figure')
-    parser.add_argument('--seed', type=seed_arg, default=0, help='which random digits to plot')
-    args = parser.parse_args(argv)
-    print(vars(args))
-
-    try:
-        check_writable(args.out_dir)
-        x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
-    except (FileNotFoundError, ValueError) as e:  # no files and no network, a bad file, no place to write
-        parser.exit(1, f'error: {e}\n')
-    except KeyboardInterrupt:
-        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
-    print(f'train: x {tuple(x_train.shape)} {x_train.dtype}, y {tuple(y_train.shape)} {y_train.dtype}')
-    print(f'val:   x {tuple(x_val.shape)} {x_val.dtype}, y {tuple(y_val.shape)} {y_val.dtype}')
-    print('train images per digit:', torch.bincount(y_train, minlength=10).tolist())
-    print('val images per digit:  ', torch.bincount(y_val, minlength=10).tolist())
-    path = Path(args.out_dir) / 'mnist_samples.png'
-    plot_samples(x_val, y_val, path, seed=args.seed)
-    print(f'wrote {path}')
 
 
 if __name__ == '__main__':

@@ -19,7 +19,8 @@ import fid
 from fid import (classifier_score, embed, frechet_distance, kernel_inception_distance, kl_divergence,
                  knn_radii2, load_stats, manifold_metrics, mean_cov, mmd2_unbiased, reference, report,
                  report_from_features)
-from mnist import load_mnist, pad, save_npz, to_model_input
+from fid import to_model_input
+from mnist import load_mnist, pad, save_npz
 from model import Classifier, classifier_id
 from networks import network, other_network, save_model
 
@@ -787,3 +788,140 @@ def test_an_edited_network_scores_with_its_own_features(setup, small_mnist, caps
     assert f_real.shape == (600, 256)
     assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
     assert '| features post (256) |' in out and 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out
+
+# -----------------------------------------------------------------------------
+# generated digits: every shape generators write, PNG folders, and bad files
+
+@pytest.mark.parametrize('shape', [(5, 28, 28), (5, 1, 28, 28), (5, 28, 28, 1), (5, 784),
+                                   (5, 32, 32), (5, 1, 32, 32), (5, 32, 32, 1), (5, 1024)])
+def test_accepted_shapes(shape):
+    base = torch.rand(5, *((28, 28) if 784 in shape or 28 in shape else (32, 32)))
+    y = fid.to_model_input(base.reshape(shape), 'x')
+    assert y.shape == (5, 1, 32, 32) and y.dtype == torch.float32
+    expected = pad(base) if base.shape[1] == 28 else base             # padded as mnist.py pads MNIST
+    torch.testing.assert_close(y[:, 0], expected, rtol=0, atol=0)
+
+def test_floats_a_rounding_error_outside_0_1_are_clipped():
+    x = torch.rand(3, 28, 28)
+    x[0, 5, 5], x[1, 6, 6] = 1 + 1e-7, -1e-8                          # float32 arithmetic in a generator
+    y = fid.to_model_input(x, 'x')
+    assert y.min() == 0 and y.max() == 1
+    torch.testing.assert_close(y[:, 0, 2:30, 2:30], x.clamp(0, 1), rtol=0, atol=0)
+
+def test_images_already_in_shape_are_not_copied_and_never_changed():
+    x = torch.rand(4, 1, 32, 32)
+    assert fid.to_model_input(x, 'x').data_ptr() == x.data_ptr()     # 400 MB saved at 100,000 images
+    assert fid.to_model_input(x.numpy(), 'x').data_ptr() == x.data_ptr()
+    # a copy where the values must change (clipping) or the layout differs; the input is kept
+    x[0, 0, 3, 3] = 1 + 1e-7
+    before = x.clone()
+    y = fid.to_model_input(x, 'x')
+    assert y.data_ptr() != x.data_ptr() and y.max() == 1 and torch.equal(x, before)
+    x[0, 0, 3, 3] = 0.5
+    t = x.transpose(2, 3)                                             # any memory layout
+    torch.testing.assert_close(fid.to_model_input(t, 'x'), t, rtol=0, atol=0)
+    assert fid.to_model_input(x.double(), 'x').dtype == torch.float32
+
+def test_uint8_is_scaled():
+    x = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
+    y = fid.to_model_input(x.astype(np.uint8), 'x')
+    torch.testing.assert_close(y[:, 0, 2:30, 2:30], torch.from_numpy(x).float() / 255)
+
+@pytest.mark.parametrize('x, message', [
+    (np.zeros((5, 28, 27), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((5, 3, 32, 32), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((5, 28, 28, 3), np.float32), 'expected grayscale images of shape'),
+    (np.zeros((28, 28), np.float32), 'expected grayscale images of shape'),
+    (np.full((5, 28, 28), np.nan, np.float32), 'NaN or infinite'),
+    (np.full((5, 28, 28), np.inf), 'NaN or infinite'),
+    (np.where(np.arange(5 * 784).reshape(5, 28, 28) == 2000, np.nan, 0.5), '^samples.npy: 1 values are NaN'),   # one
+    (np.where(np.eye(28)[None] * np.ones((5, 1, 1)) == 1, -np.inf, 0.5), ' 140 values are NaN or infinite'),
+    (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\].*divide uint8 values by 255'),
+    (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28), r'map them with \(x \+ 1\) / 2'),
+    (np.zeros((5, 28, 28), np.int64), 'got numpy dtype int64'),
+    (torch.zeros(5, 28, 28, dtype=torch.int16), 'got torch.int16'),
+    (np.zeros((1, 28, 28), np.float32), 'at least 2 images'),
+    (np.full((5, 28, 28), 'a'), 'images of numbers'),                # strings
+    (np.zeros((5, 28, 28), 'datetime64[s]'), 'images of numbers'),
+    (np.zeros((5, 28, 28), [('a', 'f4')]), 'images of numbers'),     # a structured array
+    (torch.zeros(5, 28, 28).to_sparse(), 'x.to_dense()'),
+    (np.full((5, 28, 28), 0.5) + np.eye(28) * (0.5 + 2e-6), r'from 0.5 to 1.000002: divide'),   # not rounding
+    (np.full((5, 28, 28), 0.5) - np.eye(28) * 0.6, r'from -0.1 to 0.5: divide'),  # not [-1, 1]-like
+])
+def test_bad_images_raise(x, message):
+    with pytest.raises(ValueError, match=message) as e:
+        fid.to_model_input(x, 'samples.npy')
+    assert 'samples.npy' in str(e.value)
+
+def write_pngs(folder, u8, mode='L'):
+    """uint8 images (N, H, W) as PNG files of a PIL mode: L (gray), LA, RGB or RGBA (opaque)."""
+    from PIL import Image  # Pillow comes with matplotlib
+    folder.mkdir()
+    for i, a in enumerate(u8):
+        channels = {'L': [a], 'LA': [a, 255 + 0 * a], 'RGB': [a] * 3, 'RGBA': [a] * 3 + [255 + 0 * a]}[mode]
+        Image.fromarray(np.stack(channels, -1).squeeze(-1) if mode == 'L' else np.stack(channels, -1), mode).save(folder / f'{i:03d}.png')
+    return folder
+
+@pytest.mark.parametrize('mode', ['L', 'LA', 'RGB', 'RGBA'])
+def test_png_folder_reads_like_the_npy(tmp_path, mode):
+    u8 = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    x = fid.read_png_folder(write_pngs(tmp_path / 'pngs', u8, mode))
+    np.testing.assert_array_equal(x, u8 / np.float32(255))
+    np.save(tmp_path / 'same.npy', u8)
+    torch.testing.assert_close(fid.load_images(tmp_path / 'pngs'), fid.load_images(tmp_path / 'same.npy'), rtol=0, atol=0)
+
+def test_bad_png_folders(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
+    with pytest.raises(ValueError, match='no .png images in this folder'):
+        fid.read_png_folder(tmp_path / 'empty')
+    from matplotlib.image import imsave
+    mixed = write_pngs(tmp_path / 'mixed', np.zeros((2, 28, 28), np.uint8))
+    imsave(mixed / '002.png', np.zeros((32, 32)), cmap='gray')
+    with pytest.raises(ValueError, match='mixed sizes: 000.png is 28x28, 002.png is 32x32'):
+        fid.read_png_folder(mixed)
+    colour = tmp_path / 'colour'
+    colour.mkdir()
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 0] = 200
+    imsave(colour / 'a.png', rgb)
+    with pytest.raises(ValueError, match='a.png: a colour image'):
+        fid.read_png_folder(colour)
+    clear = tmp_path / 'clear'
+    clear.mkdir()
+    imsave(clear / 'a.png', np.zeros((28, 28, 4), np.uint8))          # alpha 0: transparent
+    with pytest.raises(ValueError, match='transparent'):
+        fid.read_png_folder(clear)
+    (clear / 'a.png').write_bytes(b'not a png')
+    with pytest.raises(ValueError, match='a.png: not a readable PNG'):
+        fid.read_png_folder(clear)
+
+def test_bad_files(tmp_path):
+    (tmp_path / 'empty.npy').write_bytes(b'')
+    (tmp_path / 'cut.npy').write_bytes(open_npy_bytes()[:100])
+    # a header that claims 100,000 x 28 x 10,000 float64 (224 GB) over a few bytes of data
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 28, 10000), }"
+    header += ' ' * (117 - len(header)) + '\n'
+    (tmp_path / 'huge.npy').write_bytes(b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode() + b'\0' * 64)
+    (tmp_path / 'pickled.pt').write_bytes(b'not a torch file')
+    for name in ('empty.npy', 'cut.npy', 'huge.npy'):
+        with pytest.raises(ValueError, match='not a readable .npy array: empty, cut short') as e:
+            fid.load_images(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(FileNotFoundError, match='no such file or folder'):
+        fid.load_images(tmp_path / 'missing.npy')
+    (tmp_path / 'x.txt').write_text('1 2 3')
+    with pytest.raises(ValueError, match='expected a .npy or .pt file'):
+        fid.load_images(tmp_path / 'x.txt')
+    torch.save({'x': torch.zeros(3)}, tmp_path / 'd.pt')
+    with pytest.raises(ValueError, match='expected one tensor of images, got dict'):
+        fid.load_images(tmp_path / 'd.pt')
+    with pytest.raises(ValueError, match='pickled.pt: not a readable .pt file') as e:
+        fid.load_images(tmp_path / 'pickled.pt')
+    assert '\n' not in str(e.value)
+
+def open_npy_bytes():
+    import io
+    b = io.BytesIO()
+    np.save(b, np.zeros((10, 28, 28), np.float32))
+    return b.getvalue()
