@@ -34,7 +34,7 @@ from mnist import check_writable, load_mnist, plot_tiles, save_figure
 from model import get_device, load_classifier
 
 # -----------------------------------------------------------------------------
-# the maths
+# the blog's path: the mean activation maps per digit, and the feature histograms
 
 @torch.no_grad()
 def mean_activations(model, x, y, layers=None, batch_size=1000):
@@ -53,6 +53,31 @@ def mean_activations(model, x, y, layers=None, batch_size=1000):
                 sums[j].index_add_(0, yb.cpu(), h.cpu().double())    # add each image to its digit's row
     assert (counts > 0).all(), 'every digit needs at least one image'
     return {j: (s / counts.view(10, 1, 1, 1)).float() for j, s in sums.items()}
+
+def plot_maps(maps, path, title):
+    """One row per digit, one column per channel, one colour scale for the whole level."""
+    plot_tiles(maps, path, title, row_labels=[str(d) for d in range(len(maps))],
+               col_labels=[str(c) for c in range(maps.shape[1])], xlabel='channel', ylabel='digit',
+               cmap='viridis', vmax=None, inches=0.55)
+
+def plot_histograms(f, path, bins=100):
+    """A 4x4 grid: histograms of the first 16 features with the fitted normal density."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 10), layout='constrained')
+    axes = fig.subplots(4, 4)
+    for k, ax in enumerate(axes.flat[:f.shape[1]]):                  # fewer tiles for fewer features
+        v = f[:, k]
+        ax.hist(v, bins=bins, density=True, histtype='stepfilled', color='tab:blue', alpha=0.6)
+        mu, sigma = v.mean(), v.std()
+        t = np.linspace(v.min(), v.max(), 200)
+        ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
+        ax.set_title(f'feature {k}', fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
+    save_figure(fig, path)
+
+# -----------------------------------------------------------------------------
+# beyond the blog: dead channels, how normal the features are, and the mistakes
 
 def dead_channels(maps, threshold=0.01):
     """Channels whose spatial mean stays at or below threshold x the level's largest one, for
@@ -113,31 +138,6 @@ def top_confusions(C, n=3):
     counts, flat = off.flatten().sort(descending=True, stable=True)
     return [(int(i) // len(C), int(i) % len(C), int(c)) for c, i in zip(counts[:n], flat[:n]) if c > 0]
 
-# -----------------------------------------------------------------------------
-# the figures
-
-def plot_maps(maps, path, title):
-    """One row per digit, one column per channel, one colour scale for the whole level."""
-    plot_tiles(maps, path, title, row_labels=[str(d) for d in range(len(maps))],
-               col_labels=[str(c) for c in range(maps.shape[1])], xlabel='channel', ylabel='digit',
-               cmap='viridis', vmax=None, inches=0.55)
-
-def plot_histograms(f, path, bins=100):
-    """A 4x4 grid: histograms of the first 16 features with the fitted normal density."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 10), layout='constrained')
-    axes = fig.subplots(4, 4)
-    for k, ax in enumerate(axes.flat[:f.shape[1]]):                  # fewer tiles for fewer features
-        v = f[:, k]
-        ax.hist(v, bins=bins, density=True, histtype='stepfilled', color='tab:blue', alpha=0.6)
-        mu, sigma = v.mean(), v.std()
-        t = np.linspace(v.min(), v.max(), 200)
-        ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
-        ax.set_title(f'feature {k}', fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
-    save_figure(fig, path)
-
 def plot_confusion(C, path):
     """The confusion matrix with its counts; a log colour scale keeps the ~1,000 on the
     diagonal and the few mistakes off it readable side by side (empty cells stay white)."""
@@ -170,6 +170,7 @@ def plot_mistakes(x, y, pred, confidence, order, path, per_row=10):
                tile_labels=[labels[r * per_row:(r + 1) * per_row] for r in range(rows)], inches=1.0)
 
 # -----------------------------------------------------------------------------
+# the command
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Mean activation maps, dead channels and feature '

@@ -158,32 +158,12 @@ class Classifier(nn.Module):
         return (f'levels {", ".join(shapes) or "none"} | {self.feature_size():,} features | '
                 f'{sum(p.numel() for p in self.parameters()):,} parameters')
 
-
 def is_activation(layer):
     """True for torch.nn's activation functions (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, ...)."""
     return type(layer).__module__ == nn.ReLU.__module__
 
-
-def get_device(name='auto'):
-    """'auto' picks cuda, then mps, then cpu. Any other name must be a device torch has here."""
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        if torch.backends.mps.is_available():
-            return 'mps'
-        return 'cpu'
-    try:
-        kind = torch.device(name).type
-    except RuntimeError:
-        raise ValueError(f'--device {name!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)') from None
-    if kind not in ('cpu', 'cuda', 'mps'):  # meta holds no data; xpu, hpu, ... are not supported here
-        raise ValueError(f'--device {name}: these scripts run on cpu, cuda or mps, not {kind}')
-    if kind == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU')
-    if kind == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError(f'--device {name}: MPS is not available on this machine')
-    return name
-
+# -----------------------------------------------------------------------------
+# checkpoints: loading one, checking it was trained with this network, naming it
 
 def load_classifier(path, device='cpu'):
     """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict).
@@ -251,8 +231,30 @@ def network_diff(old, new, most=3):
             changes.append(f'{name(old[i1])} {was} is gone')
     return '; '.join(changes[:most]) + (f'; and {len(changes) - most} more' if len(changes) > most else '')
 
-
 def classifier_id(path):
     """The name of a trained classifier: the first 12 hex digits of its checkpoint file's
     SHA-256. fid.py reports every number with it (the yardstick), and train.py prints it."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file
+
+def get_device(name='auto'):
+    """'auto' picks cuda, then mps, then cpu. Any other name must be a device torch has here."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f'--device {name!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)') from None
+    if kind not in ('cpu', 'cuda', 'mps'):  # meta holds no data; xpu, hpu, ... are not supported here
+        raise ValueError(f'--device {name}: these scripts run on cpu, cuda or mps, not {kind}')
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU')
+    if kind == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f'--device {name}: MPS is not available on this machine')
+    return name

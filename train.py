@@ -17,10 +17,10 @@ The loop is the blog's, made fast: the whole dataset goes to the device once (60
 from a permutation that lives there too, and the loss is summed on the device and read
 back once per epoch instead of once per step (each read waits for the device to finish).
 
-Stop and resume: Ctrl-C stops cleanly and writes the last completed epoch to the
-checkpoint; `--resume` continues from it. The checkpoint holds the optimizer's state and the
-random number generators' states too, so on the CPU a stopped and resumed run ends with
-the same weights, bit for bit, as a run that was never stopped.
+Stop and resume: the checkpoint is written at the end of every epoch, so Ctrl-C loses at
+most the epoch in progress; `--resume` continues from it. The checkpoint holds the
+optimizer's state and the random number generators' states too, so on the CPU a stopped
+and resumed run ends with the same weights, bit for bit, as a run that was never stopped.
 """
 
 import argparse
@@ -38,27 +38,14 @@ import torch.nn.functional as F
 from mnist import check_writable, load_mnist, save_figure, seed_arg, write_atomic
 from model import Classifier, classifier_id, get_device, load_classifier
 
-# a resumed run must train the same way as the run it continues: these settings change
-# what is learned, so they must match the checkpoint's (--epochs may differ: it only says
-# where to stop; --log-every, --device and --out-dir may differ too)
-MUST_MATCH = ('batch_size', 'lr', 'seed')
+# -----------------------------------------------------------------------------
+# the blog's training: the optimizer, one epoch, the evaluation, the loop over epochs, the loss figure
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam. Made here alone: training, --resume (which checks that a
     checkpoint was trained with the same one) and --compare-blog-loop all use it, so trying
     another is this one line, e.g. torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)."""
     return torch.optim.Adam(model.parameters(), lr=lr)
-
-def optimizer_name(optimizer):
-    """The optimizer and its settings as a checkpoint records them: 'Adam(betas=(0.9, 0.999), ...)'.
-    Not lr, a flag that --resume checks on its own; not foreach, fused, capturable and
-    differentiable, which choose an implementation, not the maths."""
-    settings = {k: v for k, v in optimizer.defaults.items()
-                if k not in ('lr', 'foreach', 'fused', 'capturable', 'differentiable')}
-    return f'{type(optimizer).__name__}({", ".join(f"{k}={v!r}" for k, v in settings.items())})'
-
-# -----------------------------------------------------------------------------
-# one epoch, and the evaluation
 
 def train_epoch(model, optimizer, x, y, batch_size):
     """One pass over (x, y) in random order; returns the mean loss as a 0-d device tensor."""
@@ -91,89 +78,28 @@ def evaluate(model, x, y, batch_size=1000):
     model.train(was_training)
     return loss_sum.item() / len(x), correct.item() / len(x)
 
-# -----------------------------------------------------------------------------
-# checkpoints: everything needed to evaluate the model, and to train on from it
-
-def cpu_copy(obj):
-    """A copy of a nested dict/list of tensors with every tensor on the CPU (strides kept)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to('cpu', copy=True)
-    if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
-    return obj
-
-def rng_states(device):
-    """The states of the generators that draw the permutations and the dropout masks."""
-    states = {'cpu': torch.get_rng_state()}
-    kind = torch.device(device).type
-    if kind == 'cuda':
-        states['cuda'] = torch.cuda.get_rng_state(device)
-    elif kind == 'mps':
-        states['mps'] = torch.mps.get_rng_state()
-    return states
-
-def set_rng_states(states, device):
-    torch.set_rng_state(states['cpu'])
-    kind = torch.device(device).type
-    if kind == 'cuda' and 'cuda' in states:
-        torch.cuda.set_rng_state(states['cuda'], device)
-    elif kind == 'mps' and 'mps' in states:
-        torch.mps.set_rng_state(states['mps'])
-
-def snapshot(model, optimizer, epoch, history, config, device):
-    """The training state at the end of an epoch, copied to the CPU: a few hundred KB.
-
-    The model's state_dict is made contiguous, so the weights load anywhere; the optimizer's
-    state keeps its memory layout, so a resumed run computes exactly what an unbroken one does.
-    """
-    evaluated = bool(history['val_epoch']) and history['val_epoch'][-1] == epoch
-    return {
-        'model': {k: v.contiguous() for k, v in cpu_copy(model.state_dict()).items()},
-        'architecture': model.architecture(),       # the network, layer by layer (model.py)
-        'optimizer': cpu_copy(optimizer.state_dict()),
-        'optimizer_name': optimizer_name(optimizer),
-        'rng': rng_states(device),
-        'config': config, 'epoch': epoch,
-        # the validation numbers of this very epoch, or None when it was not evaluated
-        'val_loss': history['val_loss'][-1] if evaluated else None,
-        'val_acc': history['val_acc'][-1] if evaluated else None,
-        'history': {k: list(v) for k, v in history.items()},
-    }
-
-def save_checkpoint(path, state):
-    """torch.save a snapshot atomically: the file at path is the old checkpoint or the
-    complete new one, never half (mnist.write_atomic; a full disk raises one ValueError
-    that names path)."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
-
-# -----------------------------------------------------------------------------
-# the training run
-
 def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=1e-3,
           log_every=10, ckpt_path=None, config=None, resume_from=None):
     """Train model in place up to epoch `epochs`; return the loss history.
 
-    Validates and writes a checkpoint every log_every epochs and at the last one.
+    Validates every log_every epochs and at the last one, and writes a checkpoint to
+    ckpt_path at the end of every epoch (about 100 KB), so that Ctrl-C loses at most the
+    epoch in progress: it raises KeyboardInterrupt(the epoch the checkpoint holds, or None).
     resume_from: a checkpoint dict written by this function; training continues after its
     epoch with its weights, optimizer state, random number generator states and history.
-    Ctrl-C (KeyboardInterrupt) writes the last completed epoch to ckpt_path, then raises
-    KeyboardInterrupt(that epoch, or None when no epoch was completed).
     A loss that becomes NaN or infinite raises FloatingPointError before anything is
     saved, so ckpt_path keeps the last good checkpoint.
     """
     device = x_train.device
     optimizer = make_optimizer(model, lr)
     history = {'epoch': [], 'train_loss': [], 'seconds': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
-    start, last = 0, None  # the epoch we start after, and the latest end-of-epoch snapshot
+    start = saved = 0           # the epoch we start after, and the one the checkpoint holds
     if resume_from is not None:
         model.load_state_dict(resume_from['model'])
         optimizer.load_state_dict(resume_from['optimizer'])
         set_rng_states(resume_from['rng'], device)
         history = {k: list(v) for k, v in resume_from['history'].items()}
-        start, last = resume_from['epoch'], resume_from
-    last_saved = start if resume_from is not None else None
+        start = saved = resume_from['epoch']
     try:
         for epoch in range(start + 1, epochs + 1):
             # train, timing only the training pass (the .item() waits for the device)
@@ -181,33 +107,29 @@ def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=
             train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
             dt = time.perf_counter() - t0
             if not math.isfinite(train_loss):
-                kept = (f'{ckpt_path} still holds the last good checkpoint (epoch {last_saved})'
-                        if last_saved else 'no checkpoint was written')
+                kept = (f'{ckpt_path} still holds the last good checkpoint (epoch {saved})'
+                        if saved else 'no checkpoint was written')
                 raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}; '
                                          f'training stopped. {kept}. Try a smaller --lr.')
             history['epoch'].append(epoch)
             history['train_loss'].append(train_loss)
             history['seconds'].append(dt)
             line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
-            # every log_every epochs and at the end: validation, and a checkpoint
-            evaluate_now = epoch % log_every == 0 or epoch == epochs
-            if evaluate_now:
+            # every log_every epochs and at the end: validation
+            if epoch % log_every == 0 or epoch == epochs:
                 val_loss, val_acc = evaluate(model, x_val, y_val)
                 history['val_epoch'].append(epoch)
                 history['val_loss'].append(val_loss)
                 history['val_acc'].append(val_acc)
                 line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
-            # an in-memory copy of this epoch's end, for Ctrl-C (about 0.2 ms; see the README)
-            last = snapshot(model, optimizer, epoch, history, config, device)
-            if evaluate_now and ckpt_path is not None:
-                save_checkpoint(ckpt_path, last)
-                last_saved = epoch
+            # every epoch: the checkpoint, through a temporary file (never half-written)
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, snapshot(model, optimizer, epoch, history, config, device))
+                saved = epoch
             print(line + f' | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
     except KeyboardInterrupt:
-        # Ctrl-C: the model is halfway through an epoch; keep the last completed one instead
-        if ckpt_path is not None and last is not None and last['epoch'] != last_saved:
-            save_checkpoint(ckpt_path, last)
-        raise KeyboardInterrupt(last['epoch'] if last is not None and ckpt_path is not None else None) from None
+        # Ctrl-C: the epoch in progress is dropped; the checkpoint holds the last completed one
+        raise KeyboardInterrupt(saved or None) from None
     return history
 
 def plot_loss(history, path):
@@ -269,36 +191,7 @@ def compare_loops(x_train, y_train, batch_size, lr, device, rounds):
           f'({N / ours / 1000:.1f}k img/s) | {blog / ours:.2f}x faster')
 
 # -----------------------------------------------------------------------------
-
-def checkpoint_to_resume(path, args):
-    """The checkpoint at path, checked to be one that this run can continue."""
-    _, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
-    if 'optimizer' not in ckpt or 'rng' not in ckpt:
-        raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
-                         f'train.py), so it cannot be resumed. It still works for evaluation; train '
-                         f'from scratch without --resume (the old checkpoint is kept as classifier.prev.pt).')
-    missing = [k for k in ('epoch', 'history', 'config') if k not in ckpt]
-    if missing or not isinstance(ckpt['history'], dict) or not isinstance(ckpt['config'], dict):
-        raise ValueError(f'{path}: cannot be resumed: its {", ".join(missing) or "history or config"} '
-                         f'{"is" if len(missing) < 2 else "are"} missing or not what train.py writes')
-    old = ckpt.get('config') or {}
-    diff = [f'--{k.replace("_", "-")} {old.get(k)} there, {getattr(args, k)} now'
-            for k in MUST_MATCH if old.get(k) != getattr(args, k)]
-    if diff:
-        raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}). '
-                         f'Resume with its settings (only --epochs may change), or train from '
-                         f'scratch in another --out-dir.')
-    # the optimizer: a checkpoint without its name was written by an older train.py, with Adam
-    now = optimizer_name(make_optimizer(Classifier(), args.lr))
-    then = ckpt.get('optimizer_name', 'Adam')
-    if then != now and (then != 'Adam' or not now.startswith('Adam(')):
-        raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer '
-                         f'in train.py now makes {now}. Resume with the same optimizer, or train from '
-                         f'scratch without --resume.')
-    if ckpt['epoch'] >= args.epochs:
-        raise ValueError(f'--resume: {path} already holds epoch {ckpt["epoch"]}, and --epochs is '
-                         f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
-    return ckpt
+# the command
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -313,7 +206,7 @@ def main(argv=None):
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the weights, the order and dropout')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     # output
-    parser.add_argument('--log-every', type=int, default=10, help="evaluate and checkpoint every this many epochs (the blog's i_log)")
+    parser.add_argument('--log-every', type=int, default=10, help="evaluate every this many epochs (the blog's i_log); the checkpoint is written every epoch")
     parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
     parser.add_argument('--resume', action='store_true',
                         help='continue from classifier.pt in --out-dir (after Ctrl-C, or to train longer)')
@@ -395,6 +288,107 @@ def run(args, argv, parser):
     plot_loss(history, Path(args.out_dir) / 'loss.png')
     print(f'wrote {ckpt_path} (classifier {classifier_id(ckpt_path)}: the name fid.py gives its numbers) '
           f'and {Path(args.out_dir) / "loss.png"}')
+
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file.
+# checkpoints: everything needed to evaluate the model, and to train on from it
+
+def snapshot(model, optimizer, epoch, history, config, device):
+    """The training state at the end of an epoch, copied to the CPU: about 100 KB.
+
+    The model's state_dict is made contiguous, so the weights load anywhere; the optimizer's
+    state keeps its memory layout, so a resumed run computes exactly what an unbroken one does.
+    """
+    evaluated = bool(history['val_epoch']) and history['val_epoch'][-1] == epoch
+    return {
+        'model': {k: v.contiguous() for k, v in cpu_copy(model.state_dict()).items()},
+        'architecture': model.architecture(),       # the network, layer by layer (model.py)
+        'optimizer': cpu_copy(optimizer.state_dict()),
+        'optimizer_name': optimizer_name(optimizer),
+        'rng': rng_states(device),
+        'config': config, 'epoch': epoch,
+        # the validation numbers of this very epoch, or None when it was not evaluated
+        'val_loss': history['val_loss'][-1] if evaluated else None,
+        'val_acc': history['val_acc'][-1] if evaluated else None,
+        'history': {k: list(v) for k, v in history.items()},
+    }
+
+def save_checkpoint(path, state):
+    """torch.save a snapshot atomically: the file at path is the old checkpoint or the
+    complete new one, never half (mnist.write_atomic; a full disk raises one ValueError
+    that names path)."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+def cpu_copy(obj):
+    """A copy of a nested dict/list of tensors with every tensor on the CPU (strides kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+def rng_states(device):
+    """The states of the generators that draw the permutations and the dropout masks."""
+    states = {'cpu': torch.get_rng_state()}
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        states['cuda'] = torch.cuda.get_rng_state(device)
+    elif kind == 'mps':
+        states['mps'] = torch.mps.get_rng_state()
+    return states
+
+def set_rng_states(states, device):
+    torch.set_rng_state(states['cpu'])
+    kind = torch.device(device).type
+    if kind == 'cuda' and 'cuda' in states:
+        torch.cuda.set_rng_state(states['cuda'], device)
+    elif kind == 'mps' and 'mps' in states:
+        torch.mps.set_rng_state(states['mps'])
+
+def optimizer_name(optimizer):
+    """The optimizer and its settings as a checkpoint records them: 'Adam(betas=(0.9, 0.999), ...)'.
+    Not lr, a flag that --resume checks on its own; not foreach, fused, capturable and
+    differentiable, which choose an implementation, not the maths."""
+    settings = {k: v for k, v in optimizer.defaults.items()
+                if k not in ('lr', 'foreach', 'fused', 'capturable', 'differentiable')}
+    return f'{type(optimizer).__name__}({", ".join(f"{k}={v!r}" for k, v in settings.items())})'
+
+# a resumed run must train the same way as the run it continues: these settings change
+# what is learned, so they must match the checkpoint's (--epochs may differ: it only says
+# where to stop; --log-every, --device and --out-dir may differ too)
+MUST_MATCH = ('batch_size', 'lr', 'seed')
+
+def checkpoint_to_resume(path, args):
+    """The checkpoint at path, checked to be one that this run can continue."""
+    _, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
+    if 'optimizer' not in ckpt or 'rng' not in ckpt:
+        raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
+                         f'train.py), so it cannot be resumed. It still works for evaluation; train '
+                         f'from scratch without --resume (the old checkpoint is kept as classifier.prev.pt).')
+    missing = [k for k in ('epoch', 'history', 'config') if k not in ckpt]
+    if missing or not isinstance(ckpt['history'], dict) or not isinstance(ckpt['config'], dict):
+        raise ValueError(f'{path}: cannot be resumed: its {", ".join(missing) or "history or config"} '
+                         f'{"is" if len(missing) < 2 else "are"} missing or not what train.py writes')
+    old = ckpt.get('config') or {}
+    diff = [f'--{k.replace("_", "-")} {old.get(k)} there, {getattr(args, k)} now'
+            for k in MUST_MATCH if old.get(k) != getattr(args, k)]
+    if diff:
+        raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}). '
+                         f'Resume with its settings (only --epochs may change), or train from '
+                         f'scratch in another --out-dir.')
+    # the optimizer: a checkpoint without its name was written by an older train.py, with Adam
+    now = optimizer_name(make_optimizer(Classifier(), args.lr))
+    then = ckpt.get('optimizer_name', 'Adam')
+    if then != now and (then != 'Adam' or not now.startswith('Adam(')):
+        raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer '
+                         f'in train.py now makes {now}. Resume with the same optimizer, or train from '
+                         f'scratch without --resume.')
+    if ckpt['epoch'] >= args.epochs:
+        raise ValueError(f'--resume: {path} already holds epoch {ckpt["epoch"]}, and --epochs is '
+                         f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
+    return ckpt
 
 
 if __name__ == '__main__':

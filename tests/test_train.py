@@ -154,7 +154,7 @@ def test_evaluation_and_checkpoint_cadence(tmp_path, monkeypatch):
     monkeypatch.setattr(train_py, 'save_checkpoint',
                         lambda path, state: (saved.append(state['epoch']), real_save(path, state)))
     _, history, _ = run(epochs=5, log_every=2, ckpt_path=tmp_path / 'c.pt')
-    assert history['val_epoch'] == [2, 4, 5] and saved == [2, 4, 5]
+    assert history['val_epoch'] == [2, 4, 5] and saved == [1, 2, 3, 4, 5]   # evaluated every 2, saved every epoch
 
 def test_same_seed_same_weights_bit_for_bit():
     a, _, _ = run(seed=3)
