@@ -21,12 +21,17 @@ The metrics, each with its paper and formula in its function's docstring:
 - copies: the share of samples that copy a training digit, on the pixels (copies());
 - the digits: which digits the classifier sees, their mix, its confidence and its score.
 
-Every metric but copies works on what the classifier sees: its feature vector (model.py;
-128 numbers for the blog's network) and its digit probabilities. The features are, by
-default (--features post), the input of the linear layer, after the last ReLU: that is what the series' final post
-describes, its numbers land on that post's scale (validation vs train: 0.28 here, 0.30
-there), and they vary less from one trained classifier to the next than the blog's pre-ReLU
-features (--features pre), which are about 10x larger and give 30-100x larger FIDs.
+Which features, and why (the one place that says it). Every metric but copies works on
+what the classifier sees: its feature vector (model.py; 128 numbers for the blog's network)
+and its digit probabilities. The blog's "Evaluation" section histograms the last
+convolution's output *before* its ReLU ("pre"), because the Fréchet distance assumes
+roughly normal features and the ReLU clips the negative half away; model.features(x)
+gives those by default, and inspect_activations.py draws them. The yardstick here uses
+the same output *after* the ReLU ("post", --features post, the input of the linear
+layer) by default: that is what the series' final post describes, its numbers land on
+that post's scale (validation vs train: 0.28 here, 0.30 there), and they vary less from
+one trained classifier to the next than the pre-ReLU features, which are about 10x larger
+and give 30-100x larger FIDs. --features pre scores with the blog's choice.
 
 The same images score differently under different classifiers, so every report names its
 yardstick: the classifier (the first 12 hex digits of its checkpoint's SHA-256), the
@@ -53,16 +58,17 @@ from model import classifier_id, get_device, load_classifier
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10  # per digit, fewer subsets: ten KIDs must fit the time budget
-PR_K, PR_N = 3, 10_000  # k of the k-NN balls; at most this many samples on each side
-DC_K = 5                # k of density and coverage (Naeem et al.'s choice)
+PRECISION_K = 3         # k of the k-NN balls of precision and recall (Kynkäänniemi et al.'s choice)
+DENSITY_K = 5           # k of density and coverage (Naeem et al.'s choice)
+MANIFOLD_N = 10_000     # those four metrics use at most this many images on each side
 COPY_DIMS = 32          # copies: the coarse search compares 32 principal components of the pixels,
 COPY_CANDIDATES = 8     # then re-checks the 8 nearest candidates on all 1,024 pixels
 COPY_RATE = 0.01        # the share of the test digits that count as copies, by construction
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
-FINAL_POST = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
+SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
 
 # -----------------------------------------------------------------------------
-# what the classifier sees: features and digit probabilities, in one pass
+# the blog's path: images -> features -> mean and covariance -> the Fréchet distance
 
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
@@ -72,9 +78,9 @@ def embed(model, x, after_relu=True, batch_size=1000):
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # on the CPU, the convolutions run 2-3x faster with the channels stored last (each
-    # pixel's channels side by side in memory: measured here, 10,000 digits in 0.4 s
-    # instead of 1.0 s); the results agree to float32 rounding. The model is put back after.
+    # on the CPU, the convolutions are faster with the channels stored last (each pixel's
+    # channels side by side in memory); the results agree to float32 rounding, and the
+    # model is put back after
     fast = device.type == 'cpu'
     if fast:
         model.to(memory_format=torch.channels_last)
@@ -99,28 +105,6 @@ def mean_cov(f):
     mu = f.mean(0)                                                    # (D,)
     c = f - mu                                                        # (N, D) centred
     return mu.numpy(), (c.T @ c / (len(f) - 1)).numpy()               # like np.cov
-
-# -----------------------------------------------------------------------------
-# FID
-
-def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
-    """mu (D,) and sigma (D, D) as float64 arrays, checked to describe a normal distribution:
-    finite, sigma symmetric and positive semi-definite (up to rounding); else one ValueError
-    that uses the names given (a file's, for a statistics file)."""
-    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
-    d = mu.shape[0] if mu.ndim == 1 else -1
-    for name, a, shape in ((mu_name, mu, (d,)), (sigma_name, sigma, (d, d))):
-        if a.shape != shape:
-            raise ValueError(f'{name} has shape {a.shape}, expected {shape} ({mu_name} has shape {mu.shape})')
-        if not np.isfinite(a).all():
-            raise ValueError(f'{name} has NaN or infinite entries')
-    if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(np.abs(sigma).max(), 1e-300)):
-        raise ValueError(f'{sigma_name} is not symmetric, so it is not a covariance matrix')
-    w = np.linalg.eigvalsh((sigma + sigma.T) / 2)                      # (D,) ascending
-    if d and w[0] < -1e-6 * max(np.abs(w).max(), 1e-300):
-        raise ValueError(f'{sigma_name} is not positive semi-definite (an eigenvalue of {w[0]:.4g}), '
-                         f'so it is not a covariance matrix')
-    return mu, sigma
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (Heusel et al.
@@ -147,7 +131,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return max(float(fd), 0.0)  # the true value is >= 0; clip rounding below it
 
 # -----------------------------------------------------------------------------
-# KID
+# beyond the blog: the report card's other metrics. KID
 
 def mmd2_unbiased(x, y):
     """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3
@@ -176,20 +160,19 @@ def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSE
     return values.mean(), values.std(), m
 
 # -----------------------------------------------------------------------------
-# precision and recall
+# precision, recall, density and coverage
 
 def squared_distances(a, b):
     """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul."""
     return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_(min=0)
 
-def knn_radii2(f, k=PR_K, block=500):
+def knn_radii2(f, k=PRECISION_K, block=500):
     """Squared distance from each row of f (N, D) to its k-th nearest other row: (N,). With
     k a tuple, one column per k, (N, len(k)), from a single pass.
 
-    Here and in manifold_metrics the rows go in blocks of 500, so that each (500, 10,000)
-    float32 temporary takes 20 MB: above 32 MB, the C library (glibc) gives a freed block
-    back to the system at once, and the next block pays for the memory again, page by page
-    (measured here: 1,000-row blocks made these metrics take 1.7 s instead of 0.9 s)."""
+    Here and in manifold_metrics the rows go in blocks of 500: each (500, 10,000) float32
+    temporary then stays under the 32 MB above which glibc hands freed memory back to the
+    system, to be paid for again, page by page, by the next block."""
     largest, columns = (max(k), list(k)) if isinstance(k, tuple) else (k, k)
     out = []
     for i in range(0, len(f), block):
@@ -203,22 +186,22 @@ def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500)
     from the real rows' k-NN balls: the ball around a point reaches to its k-th nearest
     neighbour in its own set (radii2_*: those squared radii, when already known).
 
-    - precision and recall (Kynkäänniemi et al. 2019, k = PR_K): the share of generated
+    - precision and recall (Kynkäänniemi et al. 2019, k = PRECISION_K): the share of generated
       rows inside the union of the real balls (quality), and of real rows inside the union
       of the generated balls (coverage of the real variety).
-    - density and coverage (Naeem et al. 2020, arXiv:2002.09797, k = DC_K): density =
+    - density and coverage (Naeem et al. 2020, arXiv:2002.09797, k = DENSITY_K): density =
       1/(k N) sum_j sum_i 1[gen_j in ball_i], how many real balls hold a sample, on average,
       over k (about 1 for samples of the real distribution; an outlier real point's big ball
       can't inflate it as it inflates precision); coverage = the share of real balls that
       hold at least one sample (only real balls, so a generated outlier can't inflate it).
     One pass over blocks of generated rows, so memory stays at block x M.
     """
-    if min(len(f_gen), len(f_real)) < DC_K + 1:
-        raise ValueError(f'precision, recall, density and coverage need at least k + 1 = {DC_K + 1} '
+    if min(len(f_gen), len(f_real)) < DENSITY_K + 1:
+        raise ValueError(f'precision, recall, density and coverage need at least k + 1 = {DENSITY_K + 1} '
                          f'images on each side, got {len(f_gen)} and {len(f_real)}')
     if radii2_real is None:
-        radii2_real, radii2_dc = knn_radii2(f_real, (PR_K, DC_K), block).unbind(1)   # (M,), (M,)
-    radii2_gen = knn_radii2(f_gen, PR_K, block)                       # (N,)
+        radii2_real, radii2_dc = knn_radii2(f_real, (PRECISION_K, DENSITY_K), block).unbind(1)   # (M,), (M,)
+    radii2_gen = knn_radii2(f_gen, PRECISION_K, block)                       # (N,)
     gen_inside, balls_holding = 0, 0
     real_covered = torch.zeros(len(f_real), dtype=torch.bool)        # (M,) inside a generated ball
     real_hit = torch.zeros(len(f_real), dtype=torch.bool)            # (M,) its DC ball holds a sample
@@ -231,10 +214,10 @@ def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500)
         real_hit |= in_dc.any(0)
     N = len(f_gen)
     return (gen_inside / N, real_covered.double().mean().item(),
-            balls_holding / (DC_K * N), real_hit.double().mean().item())
+            balls_holding / (DENSITY_K * N), real_hit.double().mean().item())
 
 # -----------------------------------------------------------------------------
-# digits
+# the digits
 
 def digit_shares(pred):
     """(10,) the share of each predicted digit."""
@@ -273,7 +256,7 @@ def recentre(x):
     x = x.gather(1, rows[:, :, None].expand(N, H, W))
     return x.gather(2, cols[:, None, :].expand(N, H, W))
 
-def nearest_two(x, cref, block=250, chunk=4096):
+def nearest_two(x, copy_ref, block=250, chunk=4096):
     """For images x (N, 1, 32, 32): the distance ratio d1 / d2 (N,) of each image's nearest and
     second-nearest re-centred training digit, d1 (N,) and the index j (N,) of the nearest.
 
@@ -282,15 +265,15 @@ def nearest_two(x, cref, block=250, chunk=4096):
     (a distance on a projection is never more than the true one, so a copy's original is
     found first), and the exact distances are computed for those alone, in blocks of 250
     images."""
-    z, zz = cref['z'], (cref['z'] ** 2).sum(1)                        # (M, D), (M,)
+    z, zz = copy_ref['z'], (copy_ref['z'] ** 2).sum(1)                # (M, D), (M,)
     K = min(COPY_CANDIDATES, len(z))
     ratio, d1, j = torch.empty(len(x)), torch.empty(len(x)), torch.empty(len(x), dtype=torch.long)   # (N,) each
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
-        zb = (xb - cref['mean']) @ cref['axes']                       # (B, D)
+        zb = (xb - copy_ref['mean']) @ copy_ref['axes']               # (B, D)
         # the coarse search runs over the training digits in chunks of 4,096, whose distances
         # (B x 4,096, 4 MB) stay in the processor's cache: the K nearest of each chunk, then
-        # the K nearest of those (1.5x faster than one B x 60,000 matrix through the memory)
+        # the K nearest of those
         vals, idx = [], []
         for m in range(0, len(z), chunk):
             coarse = torch.addmm(zz[None, m:m + chunk], zb, z[m:m + chunk].T, alpha=-2)   # (B, chunk) |zb - z|^2 - |zb|^2
@@ -298,7 +281,7 @@ def nearest_two(x, cref, block=250, chunk=4096):
             vals.append(v), idx.append(c + m)
         vals, idx = torch.cat(vals, 1), torch.cat(idx, 1)             # (B, K x chunks)
         cand = idx.gather(1, vals.topk(K, 1, largest=False).indices)  # (B, K) the K nearest of all
-        t = cref['train'][cand].float() / 255                         # (B, K, 1024)
+        t = copy_ref['train'][cand].float() / 255                     # (B, K, 1024)
         exact, order = ((t - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K) ascending
         d1[i:i + block] = exact[:, 0]
         ratio[i:i + block] = torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0)   # 0/0: a copy
@@ -314,12 +297,12 @@ def copy_reference(x_train, x_val):
     mean = t.mean(0)                                                  # (1024,)
     c = (t - mean).double()
     axes = torch.linalg.eigh(c.T @ c / len(t))[1][:, -COPY_DIMS:].flip(1).float()   # (1024, D) largest first
-    cref = {'train': (t * 255).round().to(torch.uint8), 'mean': mean, 'axes': axes, 'z': (t - mean) @ axes}
-    ratio = nearest_two(x_val, cref)[0].sort().values                 # (N_val,)
-    cref['tau'] = ratio[math.ceil(COPY_RATE * len(ratio)) - 1].item()
-    return cref
+    copy_ref = {'train': (t * 255).round().to(torch.uint8), 'mean': mean, 'axes': axes, 'z': (t - mean) @ axes}
+    ratio = nearest_two(x_val, copy_ref)[0].sort().values             # (N_val,)
+    copy_ref['tau'] = ratio[math.ceil(COPY_RATE * len(ratio)) - 1].item()
+    return copy_ref
 
-def copies(x, cref):
+def copies(x, copy_ref):
     """The share of images x (N, 1, 32, 32) that copy a training digit, and per image the
     distance ratio, the distance to the nearest training digit and that digit's index.
 
@@ -333,26 +316,24 @@ def copies(x, cref):
     (recentre()), because the classifier's features do not see a copy: a copy moved by one
     pixel is no nearer its original in features than a new digit is. Calibrated so that the
     10,000 test digits, new digits of the training distribution, score COPY_RATE = 1%.
-    Measured with seed 0 on 5,000 training digits: exact copies and copies moved by 1 or 2
-    pixels 100%, with noise sigma 0.05 94%, sigma 0.1 82%; blurred test digits and noise 0%.
     """
-    ratio, d1, j = nearest_two(x, cref)
-    return (ratio <= cref['tau']).double().mean().item(), {'copy_ratio': ratio, 'copy_distance': d1,
+    ratio, d1, j = nearest_two(x, copy_ref)
+    return (ratio <= copy_ref['tau']).double().mean().item(), {'copy_ratio': ratio, 'copy_distance': d1,
                                                             'nearest_train': j}
 
 # -----------------------------------------------------------------------------
-# the report card
+# the report card: the real side, the scores, the printout
 
 def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None):
     """Everything a report compares with, from the real side's features f (M, D) and
-    predicted digits (M,): their statistics, and the fixed random subset of at most PR_N
-    rows (seeded) with its squared k-NN radii for precision and recall (k = PR_K) and for
-    density and coverage (k = DC_K). Parts already known (from a cache) are passed in."""
+    predicted digits (M,): their statistics, and the fixed random subset of at most MANIFOLD_N
+    rows (seeded) with its squared k-NN radii for precision and recall (k = PRECISION_K) and for
+    density and coverage (k = DENSITY_K). Parts already known (from a cache) are passed in."""
     if mu is None:
         mu, sigma = mean_cov(f)
-    pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:PR_N]
-    if radii2 is None and len(pr_idx) > DC_K:  # with k or fewer there are no k-th neighbours
-        radii2, radii2_dc = knn_radii2(f[pr_idx], (PR_K, DC_K)).unbind(1)   # one pass, (M,) each
+    pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]
+    if radii2 is None and len(pr_idx) > DENSITY_K:  # with k or fewer there are no k-th neighbours
+        radii2, radii2_dc = knn_radii2(f[pr_idx], (PRECISION_K, DENSITY_K)).unbind(1)   # one pass, (M,) each
     return {'f': f, 'pred': pred, 'mu': mu, 'sigma': sigma, 'pr_idx': pr_idx, 'radii2': radii2,
             'radii2_dc': radii2_dc}
 
@@ -362,7 +343,7 @@ def report_from_features(f, probs, ref, seed=0):
     N, M = len(f), len(ref['f'])
     r = {'n': N, 'n_real': M, 'warnings': [], 'timing': {}}
     t = time.perf_counter()
-    def lap(name):  # the seconds each part takes, for the README's measurements
+    def timed(name):  # the seconds each part took since the last call, for the printout
         nonlocal t
         r['timing'][name], t = time.perf_counter() - t, time.perf_counter()
     if N < f.shape[1]:
@@ -370,22 +351,22 @@ def report_from_features(f, probs, ref, seed=0):
                              f'rank-deficient and the FID biased upwards; compare FIDs at {REFERENCE_N:,}')
     r['mu'], r['sigma'] = mean_cov(f)                                 # (D,), (D, D): for --save-stats too
     r['fid'] = frechet_distance(r['mu'], r['sigma'], ref['mu'], ref['sigma'])
-    lap('FID')
+    timed('FID')
     r['kid'], r['kid_std'], r['kid_subset'] = kernel_inception_distance(f, ref['f'], seed=seed)
     if r['kid_subset'] < KID_SUBSET_SIZE:
         r['warnings'].append(f'KID on subsets of {r["kid_subset"]}, not {KID_SUBSET_SIZE}: noisier')
-    lap('KID')
-    # precision, recall, density and coverage on at most PR_N samples a side: the k-NN
+    timed('KID')
+    # precision, recall, density and coverage on at most MANIFOLD_N samples a side: the k-NN
     # radii shrink as a set grows, so the numbers compare only at the same N
-    f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:PR_N]]
+    f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]]
     r['pr_n'], r['pr_n_real'] = len(f_pr), len(ref['pr_idx'])
     keys = ('precision', 'recall', 'density', 'coverage')
-    if min(len(f_pr), len(ref['pr_idx'])) > DC_K:
+    if min(len(f_pr), len(ref['pr_idx'])) > DENSITY_K:
         r.update(zip(keys, manifold_metrics(f_pr, ref['f'][ref['pr_idx']], ref['radii2'], ref['radii2_dc'])))
     else:
         r.update(dict.fromkeys(keys, float('nan')))
-        r['warnings'].append(f'precision, recall, density and coverage need at least {DC_K + 1} images on each side')
-    lap('precision/recall/density/coverage')
+        r['warnings'].append(f'precision, recall, density and coverage need at least {DENSITY_K + 1} images on each side')
+    timed('precision/recall/density/coverage')
     # the digits: which ones, how sure, and KID within each digit
     pred = probs.argmax(1)                                            # (N,) the predicted digits
     shares, real_shares = digit_shares(pred), digit_shares(ref['pred'])  # (10,), (10,)
@@ -401,29 +382,29 @@ def report_from_features(f, probs, ref, seed=0):
         r['digits'].append({'digit': d, 'n': len(fg), 'share': shares[d].item(), 'real_share': real_shares[d].item(),
                             'confidence': probs[pred == d].max(1).values.double().mean().item() if len(fg) else float('nan'),
                             'kid': kid})
-    lap('digits')
+    timed('digits')
     return r
 
-def report(model, x_generated, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, cref=None):
+def report(model, x_generated, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None):
     """The report card of generated images (any shape to_model_input accepts) against a
     reference() of real images (train_reference() for the training set), and, with the
-    training set's copy_reference() cref, the share of copies: a dict with every metric,
+    training set's copy_reference() copy_ref, the share of copies: a dict with every metric,
     the per-sample predictions and copy distances ('per_sample'), and the yardstick."""
     x = to_model_input(x_generated, 'the generated images')          # (N, 1, 32, 32)
-    return card(model, x, ref, after_relu, batch_size, seed, classifier, cref)
+    return card(model, x, ref, after_relu, batch_size, seed, classifier, copy_ref)
 
-def card(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, cref=None):
+def card(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None):
     """report() of images x already shaped (N, 1, 32, 32) and checked: load_images' output,
     or the reference table's rows (whose unclipped noise to_model_input would refuse)."""
     t0 = time.perf_counter()
     f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
     r = report_from_features(f, probs, ref, seed)
     r['copies'], r['copy_tau'] = None, None
-    if cref is not None:
+    if copy_ref is not None:
         t = time.perf_counter()
-        r['copies'], per_sample = copies(x, cref)
+        r['copies'], per_sample = copies(x, copy_ref)
         r['per_sample'].update(per_sample)
-        r['copy_tau'], r['timing']['copies'] = cref['tau'], time.perf_counter() - t
+        r['copy_tau'], r['timing']['copies'] = copy_ref['tau'], time.perf_counter() - t
     r.update(classifier=classifier, features='post' if after_relu else 'pre',
              seconds=time.perf_counter() - t0)
     return r
@@ -446,7 +427,7 @@ def score(images, checkpoint='out/classifier.pt', features='post', data_dir='dat
                   train_copy_reference(data_dir, out_dir))
 
 def print_report(r, name, real_name):
-    final = FINAL_POST['validation set vs train'] if r['features'] == 'post' else None
+    final = SERIES_FID['validation set vs train'] if r['features'] == 'post' else None
     print(f'\nreport card: {name} ({r["n"]:,} images) vs {real_name} ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians'
           + (f' (real vs real at 10,000: about {final})' if final else ''))
@@ -454,9 +435,9 @@ def print_report(r, name, real_name):
           f'{r["kid_subset"]:,}; unbiased: 0 for the same distribution')
     print(f'  precision         {r["precision"]:10.3f}   share of samples inside the real manifold: quality')
     print(f'  recall            {r["recall"]:10.3f}   share of real digits inside the samples\' manifold: variety')
-    print(f'  density           {r["density"]:10.3f}   real {DC_K}-NN balls holding a sample, on average, / {DC_K}: '
+    print(f'  density           {r["density"]:10.3f}   real {DENSITY_K}-NN balls holding a sample, on average, / {DENSITY_K}: '
           f'about 1 for real digits')
-    print(f'  coverage          {r["coverage"]:10.3f}   share of real {DC_K}-NN balls holding a sample: variety, '
+    print(f'  coverage          {r["coverage"]:10.3f}   share of real {DENSITY_K}-NN balls holding a sample: variety, '
           f'outliers ignored')
     if r['copies'] is None:
         print('  copies                   n/a   (only against the training set: give one input)')
@@ -472,9 +453,226 @@ def print_report(r, name, real_name):
               f'{d["confidence"]:10.3f} | {d["kid"]:.4g}')
     print(f'\nyardstick: classifier {r["classifier"]} | features {r["features"]} ({len(r["mu"])}) | N {r["n"]:,} vs '
           f'{r["n_real"]:,} (KID subsets of {r["kid_subset"]:,}; precision/recall {r["pr_n"]:,} vs '
-          f'{r["pr_n_real"]:,}, k = {PR_K}; density/coverage k = {DC_K})')
+          f'{r["pr_n_real"]:,}, k = {PRECISION_K}; density/coverage k = {DENSITY_K})')
     for w in r['warnings']:
         print(f'warning: {w}', file=sys.stderr)
+
+# -----------------------------------------------------------------------------
+# the reference table of `python fid.py`: what each metric sees
+
+def corrupt(x, sigma, g):
+    """Add N(0, sigma^2) noise to the 28x28 digit inside each 32x32 image, clip to [0, 1]."""
+    x = x.clone()
+    x[..., 2:30, 2:30] = (x[..., 2:30, 2:30] + sigma * torch.randn(x[..., 2:30, 2:30].shape, generator=g)).clamp(0, 1)
+    return x
+
+def blur(x):
+    """A 3x3 box filter over each image (N, 1, 32, 32): the soft strokes of a weak decoder."""
+    return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+
+def plot_corruption(x, sigmas, path, g):
+    """Example digits (rows) with more and more noise (columns)."""
+    tiles = torch.stack([corrupt(x, s, g)[:, 0] for s in [0.0, *sigmas]], 1)   # (n, 1 + len(sigmas), 32, 32)
+    plot_tiles(tiles, path, col_labels=[f'sigma {s:g}' for s in [0.0, *sigmas]], inches=1.0)
+
+def plot_digits(x, pred, confidence, path, per_digit=10):
+    """Samples sorted by predicted digit: a row per digit (its first per_digit samples), and
+    a last row with the per_digit least confident samples, labelled 'digit probability'."""
+    tiles = np.full((11, per_digit, 32, 32), np.nan)                  # NaN: no sample, drawn white
+    for d in range(10):
+        idx = torch.nonzero(pred == d).flatten()[:per_digit]
+        tiles[d, :len(idx)] = x[idx, 0].numpy()
+    least = confidence.argsort()[:per_digit]
+    tiles[10, :len(least)] = x[least, 0].numpy()
+    labels = [[''] * per_digit for _ in range(10)] + [[f'{pred[i]} {confidence[i]:.2f}' for i in least.tolist()]]
+    plot_tiles(tiles, path, 'samples by predicted digit; last row: the least confident',
+               row_labels=[str(d) for d in range(10)] + ['unsure'], tile_labels=labels)
+
+def plot_copies(x, r, copy_ref, path, n=24, per_row=4):
+    """The n most copy-like samples (smallest distance ratio first), each re-centred beside
+    the training digit nearest to it, labelled with the ratio and the distance."""
+    s = r['per_sample']
+    order = s['copy_ratio'].argsort()[:n]                             # (n,) most copy-like first
+    pairs = torch.stack([recentre(x[order, 0]), copy_ref['train'][s['nearest_train'][order]].view(-1, 32, 32) / 255], 1)
+    tiles = np.full((math.ceil(n / per_row) * per_row, 2, 32, 32), np.nan)   # NaN tiles stay white
+    tiles[:len(order)] = pairs.numpy()                                # (n, 2, 32, 32)
+    labels = [[f'r {s["copy_ratio"][i]:.2f}', f'd {s["copy_distance"][i]:.1f}'] for i in order.tolist()]
+    labels += [['', '']] * (len(tiles) - len(order))
+    rows = len(tiles) // per_row
+    plot_tiles(tiles.reshape(rows, 2 * per_row, 32, 32), path,
+               f'{r["copies"]:.1%} copies: the most copy-like samples beside their nearest training digit '
+               f'(r = nearest / second-nearest distance, a copy at r <= {r["copy_tau"]:.3f}; d = distance)',
+               col_labels=['sample', 'train'] * per_row,
+               tile_labels=[sum(labels[k * per_row:(k + 1) * per_row], []) for k in range(rows)], inches=0.9)
+
+def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifier,
+                    sizes=(50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)):
+    """Print the report of known sets of images against the training set, one row each;
+    draw what the noise looks like; measure the small-sample bias of FID and KID."""
+    g = torch.Generator().manual_seed(args.seed)
+    after_relu = args.features == 'post'
+    # pure noise with the mean and standard deviation of the training digits' pixels
+    digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28) unpadded
+    noise = pad(digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g))
+    # a memoriser: as many random training digits as there are test digits, returned as they
+    # are, moved one pixel to the right, or half of them mixed with half of the test digits
+    copied = x_train[torch.randperm(len(x_train), generator=g)[:len(x_val)]]   # (N_val, 1, 32, 32)
+    half = len(x_val) // 2
+    rows = [('validation set vs train', x_val),
+            ('validation digits 0-4 only', x_val[y_val < 5]),
+            ('validation blurred (3x3 box)', blur(x_val)),
+            ('validation + noise sigma 0.1', corrupt(x_val, 0.1, g)),
+            ('validation + noise sigma 0.5', corrupt(x_val, 0.5, g)),
+            ('Gaussian noise vs train', noise),
+            ('training digits, copied', copied),
+            ('training digits moved 1 pixel', copied.roll(1, dims=3)),
+            ('half copies, half validation', torch.cat([copied[:half], x_val[half:]]))]
+    print(f'\n| compared ({args.features} features) | N | FID | final post | KID | precision | recall | density '
+          f'| coverage | copies | classifier score | digits present | digit mix KL |\n|{"---|" * 13}')
+    results = {}
+    for name, x in rows:
+        r = results[name] = card(model, x, ref, after_relu, args.batch_size, args.seed, classifier, copy_ref)
+        post = SERIES_FID.get(name, '') if after_relu else 'n/a'
+        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
+              f'{r["recall"]:.3f} | {r["density"]:.3f} | {r["coverage"]:.3f} | {r["copies"]:.1%} | '
+              f'{r["classifier_score"]:.2f} | {r["digits_present"]} | {r["digit_kl"]:.3f} |', flush=True)
+    path = Path(args.out_dir) / 'mnist_corruption.png'
+    plot_corruption(x_val[:6], [0.05, 0.1, 0.2, 0.5, 1.0], path, g)
+    print(f'wrote {path}')
+    # two disjoint random sets of N training digits come from one distribution: all of their
+    # FID is small-sample bias, while KID averages 0 at every N. Several disjoint pairs
+    # per N (up to 10) show the spread; KID on 10 subsets per pair, for time
+    print('\nsmall-sample bias: disjoint random pairs of sets of N training digits (the true distance is 0)')
+    print('|      N | pairs | FID (mean over pairs) | KID (mean +- std over pairs) |\n|---|---|---|---|')
+    perm = torch.randperm(len(ref['f']), generator=g)
+    for n in [n for n in sizes if 2 * n <= len(ref['f'])]:
+        fids, kids = [], []
+        for i in range(min(10, len(ref['f']) // (2 * n))):
+            a, b = ref['f'][perm[2 * i * n:(2 * i + 1) * n]], ref['f'][perm[(2 * i + 1) * n:(2 * i + 2) * n]]
+            fids.append(frechet_distance(*mean_cov(a), *mean_cov(b)))
+            kids.append(kernel_inception_distance(a, b, subsets=10, seed=args.seed)[0])
+        print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):10.4g} +- {np.std(kids):.4g} |')
+    print(f'\nyardstick: classifier {classifier} | features {args.features} ({len(ref["mu"])}) | N as in each row vs '
+          f'{len(ref["f"]):,} training images')
+    return results
+
+# -----------------------------------------------------------------------------
+# the command
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits: FID, KID, '
+                                     'precision, recall and the digits, with our classifier.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('inputs', nargs='*', metavar='INPUT',
+                        help='none: the reference table; one: its report against the training set; two: '
+                             'the first against the second. Images as .npy, .pt or a folder of PNGs, '
+                             'or statistics as .npz (FID only)')
+    parser.add_argument('--features', choices=['pre', 'post'], default='post',
+                        help="the features after the last ReLU (the series' scale) or before it (the blog's)")
+    parser.add_argument('--save-stats', metavar='NPZ', help='also write the statistics of the one input to this .npz')
+    parser.add_argument('--checkpoint', default='out/classifier.pt', help='checkpoint written by train.py')
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
+    parser.add_argument('--out-dir', default='out', help='folder for the cached training features and the figures')
+    parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
+    parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the random subsets and the noise')
+    parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
+    args = parser.parse_args(argv)
+    if len(args.inputs) > 2:
+        parser.error(f'give at most two inputs, got {len(args.inputs)}')
+    if args.save_stats and len(args.inputs) != 1:
+        parser.error('--save-stats needs exactly one input')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    try:
+        args.device = get_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    after_relu = args.features == 'post'
+
+    inputs = [Path(p).resolve() for p in args.inputs]
+    if args.save_stats and Path(args.save_stats).resolve() in inputs:
+        parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
+    if args.save_stats and Path(args.save_stats).suffix != '.npz':
+        parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
+
+    try:
+        for folder in {Path(args.out_dir), *([Path(args.save_stats).parent] if args.save_stats else [])}:
+            check_writable(folder)                                    # before any work
+        model, _ = load_classifier(args.checkpoint, args.device)    # refused if model.py changed since
+        cid = classifier_id(args.checkpoint)
+        print(f'classifier {cid} ({args.checkpoint}): {model.summary()}')
+        train_ref = lambda: train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu,
+                                            args.seed, args.batch_size)
+        copy_ref = lambda: train_copy_reference(args.data_dir, args.out_dir)
+        if not args.inputs:
+            print(vars(args))
+            x_train, _, x_val, y_val = load_mnist(args.data_dir)
+            reference_table(model, train_ref(), copy_ref(), x_train[:, None], x_val[:, None], y_val, args, cid)
+            return
+        if any(Path(p).suffix == '.npz' for p in args.inputs):
+            # statistics files: the Gaussians are all there is, so FID alone
+            if args.save_stats:
+                raise ValueError('--save-stats needs images, not a statistics file')
+            stats = [load_stats(p, cid, args.features)[:2] if Path(p).suffix == '.npz'
+                     else mean_cov(embed(model, load_images(p), after_relu, args.batch_size)[0])
+                     for p in args.inputs]
+            if len(stats) == 1:
+                ref = train_ref()
+                stats.append((ref['mu'], ref['sigma']))
+            print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} (the other metrics need images, not statistics)')
+            print(f'yardstick: classifier {cid} | features {args.features} ({len(stats[0][0])})')
+            return
+        # images: the full report card, against the training set (as score() computes it) or
+        # against a second set of images (no copies then: those are copies of the training set)
+        x = load_images(args.inputs[0])                               # (N, 1, 32, 32)
+        if len(args.inputs) == 2:
+            f_real, p_real = embed(model, load_images(args.inputs[1]), after_relu, args.batch_size)
+            ref, copy_ref, real_name = reference(f_real, p_real.argmax(1), args.seed), None, args.inputs[1]
+        else:
+            ref, copy_ref, real_name = train_ref(), copy_ref(), 'MNIST train'
+        r = card(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref)  # x: checked by load_images
+        print_report(r, args.inputs[0], real_name)
+        print(f'scored in {r["seconds"]:.2f} s on {args.device} ('
+              + ', '.join(f'{k} {v:.2f} s' for k, v in r['timing'].items()) + ')')
+        stem = Path(args.inputs[0]).stem or 'samples'
+        path = Path(args.out_dir) / f'{stem}_digits.png'
+        plot_digits(x, r['per_sample']['pred'], r['per_sample']['confidence'], path)
+        print(f'wrote {path}')
+        if copy_ref is not None:
+            path = Path(args.out_dir) / f'{stem}_copies.png'
+            plot_copies(x, r, copy_ref, path)
+            print(f'wrote {path}')
+        if args.save_stats:
+            replaced = Path(args.save_stats).exists()
+            save_npz(args.save_stats, mu=r['mu'], sigma=r['sigma'], classifier=cid, features=args.features, n=r['n'])
+            print(f'wrote {args.save_stats}' + (' (it replaced the file that was there)' if replaced else ''))
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(1, f'error: {e}\n')
+    except KeyboardInterrupt:
+        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
+
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file.
+# Checks of a Gaussian's parameters
+
+def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
+    """mu (D,) and sigma (D, D) as float64 arrays, checked to describe a normal distribution:
+    finite, sigma symmetric and positive semi-definite (up to rounding); else one ValueError
+    that uses the names given (a file's, for a statistics file)."""
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    for name, a, shape in ((mu_name, mu, (d,)), (sigma_name, sigma, (d, d))):
+        if a.shape != shape:
+            raise ValueError(f'{name} has shape {a.shape}, expected {shape} ({mu_name} has shape {mu.shape})')
+        if not np.isfinite(a).all():
+            raise ValueError(f'{name} has NaN or infinite entries')
+    if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(np.abs(sigma).max(), 1e-300)):
+        raise ValueError(f'{sigma_name} is not symmetric, so it is not a covariance matrix')
+    w = np.linalg.eigvalsh((sigma + sigma.T) / 2)                      # (D,) ascending
+    if d and w[0] < -1e-6 * max(np.abs(w).max(), 1e-300):
+        raise ValueError(f'{sigma_name} is not positive semi-definite (an eigenvalue of {w[0]:.4g}), '
+                         f'so it is not a covariance matrix')
+    return mu, sigma
 
 # -----------------------------------------------------------------------------
 # generated digits: the images this file scores, from every shape generators write them in,
@@ -595,9 +793,9 @@ def load_stats(path, classifier=None, features=None):
     return stats['mu'], stats['sigma'], meta
 
 # -----------------------------------------------------------------------------
-# the caches in out/: what the training set looks like, computed once
+# the caches in out/: what the training set looks like, computed once.
+# Each cache's format version: bump it when what that cache holds changes
 
-# each cache's format version: bump it when what that cache holds changes
 REFERENCE_VERSION = 3   # the training features (3: computed by the channels-last embed)
 COPIES_VERSION = 2      # the copy search's pixels and tau (pixels only: embed does not touch it)
 DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-images-idx3-ubyte']).encode()).hexdigest()[:12]
@@ -623,205 +821,13 @@ def train_copy_reference(data_dir='data', out_dir='out'):
     settings, not on the classifier."""
     def build():
         x_train, _, x_val, _ = load_mnist(data_dir)                   # (60000, 32, 32), (10000, 32, 32)
-        cref = copy_reference(x_train[:, None], x_val[:, None])
-        return {k: v.numpy() if torch.is_tensor(v) else v for k, v in cref.items()}
+        copy_ref = copy_reference(x_train[:, None], x_val[:, None])
+        return {k: v.numpy() if torch.is_tensor(v) else v for k, v in copy_ref.items()}
     z = cached(Path(out_dir) / 'train_copies.npz', build, data=DATA_ID, dims=COPY_DIMS,
                candidates=COPY_CANDIDATES, rate=COPY_RATE, version=COPIES_VERSION)
     return {'train': torch.from_numpy(z['train']), 'mean': torch.from_numpy(z['mean']),
             'axes': torch.from_numpy(z['axes']), 'z': torch.from_numpy(z['z']), 'tau': float(z['tau'])}
 
-# -----------------------------------------------------------------------------
-# the reference table of `python fid.py`: what each metric sees
-
-def corrupt(x, sigma, g):
-    """Add N(0, sigma^2) noise to the 28x28 digit inside each 32x32 image, clip to [0, 1]."""
-    x = x.clone()
-    x[..., 2:30, 2:30] = (x[..., 2:30, 2:30] + sigma * torch.randn(x[..., 2:30, 2:30].shape, generator=g)).clamp(0, 1)
-    return x
-
-def blur(x):
-    """A 3x3 box filter over each image (N, 1, 32, 32): the soft strokes of a weak decoder."""
-    return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
-
-def plot_corruption(x, sigmas, path, g):
-    """Example digits (rows) with more and more noise (columns)."""
-    tiles = torch.stack([corrupt(x, s, g)[:, 0] for s in [0.0, *sigmas]], 1)   # (n, 1 + len(sigmas), 32, 32)
-    plot_tiles(tiles, path, col_labels=[f'sigma {s:g}' for s in [0.0, *sigmas]], inches=1.0)
-
-def plot_digits(x, pred, confidence, path, per_digit=10):
-    """Samples sorted by predicted digit: a row per digit (its first per_digit samples), and
-    a last row with the per_digit least confident samples, labelled 'digit probability'."""
-    tiles = np.full((11, per_digit, 32, 32), np.nan)                  # NaN: no sample, drawn white
-    for d in range(10):
-        idx = torch.nonzero(pred == d).flatten()[:per_digit]
-        tiles[d, :len(idx)] = x[idx, 0].numpy()
-    least = confidence.argsort()[:per_digit]
-    tiles[10, :len(least)] = x[least, 0].numpy()
-    labels = [[''] * per_digit for _ in range(10)] + [[f'{pred[i]} {confidence[i]:.2f}' for i in least.tolist()]]
-    plot_tiles(tiles, path, 'samples by predicted digit; last row: the least confident',
-               row_labels=[str(d) for d in range(10)] + ['unsure'], tile_labels=labels)
-
-def plot_copies(x, r, cref, path, n=24, per_row=4):
-    """The n most copy-like samples (smallest distance ratio first), each re-centred beside
-    the training digit nearest to it, labelled with the ratio and the distance."""
-    s = r['per_sample']
-    order = s['copy_ratio'].argsort()[:n]                             # (n,) most copy-like first
-    pairs = torch.stack([recentre(x[order, 0]), cref['train'][s['nearest_train'][order]].view(-1, 32, 32) / 255], 1)
-    tiles = np.full((math.ceil(n / per_row) * per_row, 2, 32, 32), np.nan)   # NaN tiles stay white
-    tiles[:len(order)] = pairs.numpy()                                # (n, 2, 32, 32)
-    labels = [[f'r {s["copy_ratio"][i]:.2f}', f'd {s["copy_distance"][i]:.1f}'] for i in order.tolist()]
-    labels += [['', '']] * (len(tiles) - len(order))
-    rows = len(tiles) // per_row
-    plot_tiles(tiles.reshape(rows, 2 * per_row, 32, 32), path,
-               f'{r["copies"]:.1%} copies: the most copy-like samples beside their nearest training digit '
-               f'(r = nearest / second-nearest distance, a copy at r <= {r["copy_tau"]:.3f}; d = distance)',
-               col_labels=['sample', 'train'] * per_row,
-               tile_labels=[sum(labels[k * per_row:(k + 1) * per_row], []) for k in range(rows)], inches=0.9)
-
-def reference_table(model, ref, cref, x_train, x_val, y_val, args, classifier,
-                    sizes=(50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)):
-    """Print the report of known sets of images against the training set, one row each;
-    draw what the noise looks like; measure the small-sample bias of FID and KID."""
-    g = torch.Generator().manual_seed(args.seed)
-    after_relu = args.features == 'post'
-    # pure noise with the mean and standard deviation of the training digits' pixels
-    digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28) unpadded
-    noise = pad(digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g))
-    # a memoriser: as many random training digits as there are test digits, returned as they
-    # are, moved one pixel to the right, or half of them mixed with half of the test digits
-    copied = x_train[torch.randperm(len(x_train), generator=g)[:len(x_val)]]   # (N_val, 1, 32, 32)
-    half = len(x_val) // 2
-    rows = [('validation set vs train', x_val),
-            ('validation digits 0-4 only', x_val[y_val < 5]),
-            ('validation blurred (3x3 box)', blur(x_val)),
-            ('validation + noise sigma 0.1', corrupt(x_val, 0.1, g)),
-            ('validation + noise sigma 0.5', corrupt(x_val, 0.5, g)),
-            ('Gaussian noise vs train', noise),
-            ('training digits, copied', copied),
-            ('training digits moved 1 pixel', copied.roll(1, dims=3)),
-            ('half copies, half validation', torch.cat([copied[:half], x_val[half:]]))]
-    print(f'\n| compared ({args.features} features) | N | FID | final post | KID | precision | recall | density '
-          f'| coverage | copies | classifier score | digits present | digit mix KL |\n|{"---|" * 13}')
-    results = {}
-    for name, x in rows:
-        r = results[name] = card(model, x, ref, after_relu, args.batch_size, args.seed, classifier, cref)
-        post = FINAL_POST.get(name, '') if after_relu else 'n/a'
-        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
-              f'{r["recall"]:.3f} | {r["density"]:.3f} | {r["coverage"]:.3f} | {r["copies"]:.1%} | '
-              f'{r["classifier_score"]:.2f} | {r["digits_present"]} | {r["digit_kl"]:.3f} |', flush=True)
-    path = Path(args.out_dir) / 'mnist_corruption.png'
-    plot_corruption(x_val[:6], [0.05, 0.1, 0.2, 0.5, 1.0], path, g)
-    print(f'wrote {path}')
-    # two disjoint random sets of N training digits come from one distribution: all of their
-    # FID is small-sample bias, while KID averages 0 at every N. Several disjoint pairs
-    # per N (up to 10) show the spread; KID on 10 subsets per pair, for time
-    print('\nsmall-sample bias: disjoint random pairs of sets of N training digits (the true distance is 0)')
-    print('|      N | pairs | FID (mean over pairs) | KID (mean +- std over pairs) |\n|---|---|---|---|')
-    perm = torch.randperm(len(ref['f']), generator=g)
-    for n in [n for n in sizes if 2 * n <= len(ref['f'])]:
-        fids, kids = [], []
-        for i in range(min(10, len(ref['f']) // (2 * n))):
-            a, b = ref['f'][perm[2 * i * n:(2 * i + 1) * n]], ref['f'][perm[(2 * i + 1) * n:(2 * i + 2) * n]]
-            fids.append(frechet_distance(*mean_cov(a), *mean_cov(b)))
-            kids.append(kernel_inception_distance(a, b, subsets=10, seed=args.seed)[0])
-        print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):10.4g} +- {np.std(kids):.4g} |')
-    print(f'\nyardstick: classifier {classifier} | features {args.features} ({len(ref["mu"])}) | N as in each row vs '
-          f'{len(ref["f"]):,} training images')
-    return results
-
-# -----------------------------------------------------------------------------
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits: FID, KID, '
-                                     'precision, recall and the digits, with our classifier.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('inputs', nargs='*', metavar='INPUT',
-                        help='none: the reference table; one: its report against the training set; two: '
-                             'the first against the second. Images as .npy, .pt or a folder of PNGs, '
-                             'or statistics as .npz (FID only)')
-    parser.add_argument('--features', choices=['pre', 'post'], default='post',
-                        help="the features after the last ReLU (the series' scale) or before it (the blog's)")
-    parser.add_argument('--save-stats', metavar='NPZ', help='also write the statistics of the one input to this .npz')
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='checkpoint written by train.py')
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
-    parser.add_argument('--out-dir', default='out', help='folder for the cached training features and the figures')
-    parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
-    parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the random subsets and the noise')
-    parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
-    args = parser.parse_args(argv)
-    if len(args.inputs) > 2:
-        parser.error(f'give at most two inputs, got {len(args.inputs)}')
-    if args.save_stats and len(args.inputs) != 1:
-        parser.error('--save-stats needs exactly one input')
-    if args.batch_size < 1:
-        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    try:
-        args.device = get_device(args.device)
-    except ValueError as e:
-        parser.error(str(e))
-    after_relu = args.features == 'post'
-
-    inputs = [Path(p).resolve() for p in args.inputs]
-    if args.save_stats and Path(args.save_stats).resolve() in inputs:
-        parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
-    if args.save_stats and Path(args.save_stats).suffix != '.npz':
-        parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
-
-    try:
-        for folder in {Path(args.out_dir), *([Path(args.save_stats).parent] if args.save_stats else [])}:
-            check_writable(folder)                                    # before any work
-        model, _ = load_classifier(args.checkpoint, args.device)    # refused if model.py changed since
-        cid = classifier_id(args.checkpoint)
-        print(f'classifier {cid} ({args.checkpoint}): {model.summary()}')
-        train_ref = lambda: train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu,
-                                            args.seed, args.batch_size)
-        copy_ref = lambda: train_copy_reference(args.data_dir, args.out_dir)
-        if not args.inputs:
-            print(vars(args))
-            x_train, _, x_val, y_val = load_mnist(args.data_dir)
-            reference_table(model, train_ref(), copy_ref(), x_train[:, None], x_val[:, None], y_val, args, cid)
-            return
-        if any(Path(p).suffix == '.npz' for p in args.inputs):
-            # statistics files: the Gaussians are all there is, so FID alone
-            if args.save_stats:
-                raise ValueError('--save-stats needs images, not a statistics file')
-            stats = [load_stats(p, cid, args.features)[:2] if Path(p).suffix == '.npz'
-                     else mean_cov(embed(model, load_images(p), after_relu, args.batch_size)[0])
-                     for p in args.inputs]
-            if len(stats) == 1:
-                ref = train_ref()
-                stats.append((ref['mu'], ref['sigma']))
-            print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} (the other metrics need images, not statistics)')
-            print(f'yardstick: classifier {cid} | features {args.features} ({len(stats[0][0])})')
-            return
-        # images: the full report card, against the training set (as score() computes it) or
-        # against a second set of images (no copies then: those are copies of the training set)
-        x = load_images(args.inputs[0])                               # (N, 1, 32, 32)
-        if len(args.inputs) == 2:
-            f_real, p_real = embed(model, load_images(args.inputs[1]), after_relu, args.batch_size)
-            ref, cref, real_name = reference(f_real, p_real.argmax(1), args.seed), None, args.inputs[1]
-        else:
-            ref, cref, real_name = train_ref(), copy_ref(), 'MNIST train'
-        r = card(model, x, ref, after_relu, args.batch_size, args.seed, cid, cref)   # x: checked by load_images
-        print_report(r, args.inputs[0], real_name)
-        print(f'scored in {r["seconds"]:.2f} s on {args.device} ('
-              + ', '.join(f'{k} {v:.2f} s' for k, v in r['timing'].items()) + ')')
-        stem = Path(args.inputs[0]).stem or 'samples'
-        path = Path(args.out_dir) / f'{stem}_digits.png'
-        plot_digits(x, r['per_sample']['pred'], r['per_sample']['confidence'], path)
-        print(f'wrote {path}')
-        if cref is not None:
-            path = Path(args.out_dir) / f'{stem}_copies.png'
-            plot_copies(x, r, cref, path)
-            print(f'wrote {path}')
-        if args.save_stats:
-            replaced = Path(args.save_stats).exists()
-            save_npz(args.save_stats, mu=r['mu'], sigma=r['sigma'], classifier=cid, features=args.features, n=r['n'])
-            print(f'wrote {args.save_stats}' + (' (it replaced the file that was there)' if replaced else ''))
-    except (FileNotFoundError, ValueError) as e:
-        parser.exit(1, f'error: {e}\n')
-    except KeyboardInterrupt:
-        parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
 
 if __name__ == '__main__':
     main()

@@ -79,10 +79,9 @@ class Classifier(nn.Module):
         blog's network (feature_size()).
 
         By default the output of the last convolution *before* its ReLU, pooled as the
-        network pools it (the blog's 4x4 average) and flattened: the blog takes it there
-        because the ReLU would clip every negative value to zero and the Fréchet distance
-        assumes roughly normal features. With after_relu=True it is the input of the
-        linear layer instead (after the ReLU), the features fid.py uses by default.
+        network pools it (the blog's 4x4 average) and flattened: the blog's choice. With
+        after_relu=True, the same after the ReLU: the input of the linear layer, which
+        fid.py scores with by default (its docstring says why).
         """
         return self.features_and_logits(x, after_relu)[0]
 

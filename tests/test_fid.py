@@ -253,8 +253,8 @@ def test_manifold_metrics_against_brute_force():
         min(((real[1:] - real[0]) ** 2).sum(1)))
     # the cached radii give the same numbers as radii computed on the spot
     t_real = torch.from_numpy(real).float()
-    cached = manifold_metrics(torch.from_numpy(gen).float(), t_real, knn_radii2(t_real, fid.PR_K),
-                              knn_radii2(t_real, fid.DC_K))
+    cached = manifold_metrics(torch.from_numpy(gen).float(), t_real, knn_radii2(t_real, fid.PRECISION_K),
+                              knn_radii2(t_real, fid.DENSITY_K))
     assert cached == (p, r, d, c)
 
 def clusters(centres, n_each, rng, spread=0.05):
@@ -268,7 +268,7 @@ def test_manifold_metrics_on_known_point_clouds():
     # so density = (k + 1) / k exactly, and everything is covered. Integer coordinates keep
     # every squared distance exact in float32, so no point on a ball's rim is lost to rounding
     points = torch.from_numpy(rng.choice(1000, size=(300, 3))).float()
-    assert manifold_metrics(points, points) == (1.0, 1.0, (fid.DC_K + 1) / fid.DC_K, 1.0)
+    assert manifold_metrics(points, points) == (1.0, 1.0, (fid.DENSITY_K + 1) / fid.DENSITY_K, 1.0)
     # a new sample of the same distribution: density about 1
     p, r, d, c = manifold_metrics(torch.randn(3000, 2, dtype=torch.float64), torch.randn(3000, 2, dtype=torch.float64))
     assert 0.9 < d < 1.1 and 0.9 < c < 1
@@ -453,8 +453,8 @@ def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
     x_train, y_train, x_val, y_val = small_mnist
     args = argparse.Namespace(features='post', seed=0, batch_size=128, out_dir=tmp_path)
     ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    cref = fid.copy_reference(x_train[:, None], x_val[:, None])
-    results = fid.reference_table(model, ref, cref, x_train[:, None], x_val[:, None], y_val, args, 'abc', sizes=(50, 100))
+    copy_ref = fid.copy_reference(x_train[:, None], x_val[:, None])
+    results = fid.reference_table(model, ref, copy_ref, x_train[:, None], x_val[:, None], y_val, args, 'abc', sizes=(50, 100))
     out = capsys.readouterr().out
     assert list(results) == ['validation set vs train', 'validation digits 0-4 only', 'validation blurred (3x3 box)',
                              'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train',
@@ -568,8 +568,8 @@ def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
 
 def test_precision_recall_use_a_random_subset_of_at_most_pr_n(monkeypatch):
     # 400 generated points: the first 100 far away, the rest on the real points; with
-    # PR_N = 100 the report must draw 100 at random (about 3/4 of them good), not the first 100
-    monkeypatch.setattr(fid, 'PR_N', 100)
+    # MANIFOLD_N = 100 the report must draw 100 at random (about 3/4 of them good), not the first 100
+    monkeypatch.setattr(fid, 'MANIFOLD_N', 100)
     g = torch.Generator().manual_seed(0)
     real = torch.randn(300, 8, generator=g)
     gen = torch.cat([torch.randn(100, 8, generator=g) + 100, real[torch.randint(0, 300, (300,), generator=g)]])
@@ -612,8 +612,8 @@ def test_nearest_two_against_brute_force(monkeypatch):
     x = torch.rand(30, 1, 32, 32, generator=g) * 0.5
     x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training image a candidate
-    cref = fid.copy_reference(train, train[:10])
-    ratio, d1, j = fid.nearest_two(x, cref, block=7, chunk=16)     # chunks of 16, 16, 16 and 2 training images
+    copy_ref = fid.copy_reference(train, train[:10])
+    ratio, d1, j = fid.nearest_two(x, copy_ref, block=7, chunk=16)  # chunks of 16, 16, 16 and 2 training images
     t = fid.recentre(train[:, 0]).flatten(1)                          # (50, 1024)
     d = torch.cdist(fid.recentre(x[:, 0]).flatten(1).double(), t.double())   # (30, 50) every distance
     top2 = d.topk(2, 1, largest=False)
@@ -623,29 +623,29 @@ def test_nearest_two_against_brute_force(monkeypatch):
     assert (ratio[:5] == 0).all()
     # with 8 candidates out of chunks of 16: the copies still find their originals
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)
-    assert fid.nearest_two(x, cref, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
+    assert fid.nearest_two(x, copy_ref, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
 
 def test_tau_is_the_share_of_the_calibration_digits():
     x_train, _, x_val, _ = load_mnist(ROOT / 'data')
-    cref = fid.copy_reference(x_train[:2000, None], x_val[:700, None])
-    ratio = fid.nearest_two(x_val[:700, None], cref)[0]
-    assert int((ratio <= cref['tau']).sum()) == math.ceil(fid.COPY_RATE * 700)   # 7 of 700
-    assert cref['train'].dtype == torch.uint8 and torch.equal(
-        cref['train'].float() / 255, fid.recentre(x_train[:2000]).flatten(1))   # exact as uint8
+    copy_ref = fid.copy_reference(x_train[:2000, None], x_val[:700, None])
+    ratio = fid.nearest_two(x_val[:700, None], copy_ref)[0]
+    assert int((ratio <= copy_ref['tau']).sum()) == math.ceil(fid.COPY_RATE * 700)  # 7 of 700
+    assert copy_ref['train'].dtype == torch.uint8 and torch.equal(
+        copy_ref['train'].float() / 255, fid.recentre(x_train[:2000]).flatten(1))  # exact as uint8
 
 @pytest.fixture(scope='module')
 def memorisers():
     """The copy reference of 5,000 real training digits, calibrated on 1,000 test digits;
     1,000 training digits to copy from, and 2,000 other test digits as new digits."""
     x_train, _, x_val, _ = load_mnist(ROOT / 'data')
-    cref = fid.copy_reference(x_train[:5000, None], x_val[:1000, None])
+    copy_ref = fid.copy_reference(x_train[:5000, None], x_val[:1000, None])
     g = torch.Generator().manual_seed(0)
     copied = x_train[torch.randperm(5000, generator=g)[:1000], None]  # (1000, 1, 32, 32)
-    return cref, copied, x_val[1000:3000, None], g
+    return copy_ref, copied, x_val[1000:3000, None], g
 
 def test_copies_of_every_kind_are_found(memorisers):
-    cref, copied, new, g = memorisers
-    rate = lambda x: fid.copies(x, cref)[0]
+    copy_ref, copied, new, g = memorisers
+    rate = lambda x: fid.copies(x, copy_ref)[0]
     assert rate(copied) >= 0.95
     assert 0.45 <= rate(torch.cat([copied[:500], new[:500]])) <= 0.55
     for shift in ((0, 1), (1, 0), (-1, 1), (2, 0), (2, -2)):          # moved by 1 and by 2 pixels
@@ -654,8 +654,8 @@ def test_copies_of_every_kind_are_found(memorisers):
     assert rate(noisy) >= 0.85
 
 def test_new_digits_however_bad_are_not_copies(memorisers):
-    cref, copied, new, g = memorisers
-    rate = lambda x: fid.copies(x, cref)[0]
+    copy_ref, copied, new, g = memorisers
+    rate = lambda x: fid.copies(x, copy_ref)[0]
     assert rate(new) <= 0.02                                          # new digits: about COPY_RATE
     assert rate(fid.blur(new)) <= 0.005
     assert rate(torch.rand(1000, 1, 32, 32, generator=g)) == 0
@@ -688,8 +688,8 @@ def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypat
     # the figure: each sample beside its nearest training digit, the most copy-like first
     drawn = {}
     monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **kw: drawn.update(tiles=tiles, title=title, **kw))
-    cref = fid.train_copy_reference(out_dir=tmp_path / 'out')
-    fid.plot_copies(to_model_input(x, 'x'), r, cref, tmp_path / 'c.png', n=6, per_row=4)
+    copy_ref = fid.train_copy_reference(out_dir=tmp_path / 'out')
+    fid.plot_copies(to_model_input(x, 'x'), r, copy_ref, tmp_path / 'c.png', n=6, per_row=4)
     tiles = drawn['tiles']                                            # (2, 8, 32, 32): 4 pairs a row
     assert tiles.shape == (2, 8, 32, 32) and np.isnan(tiles[1, 4:]).all()   # 6 pairs, then blanks
     first = int(r['per_sample']['copy_ratio'].argsort()[0])
