@@ -87,6 +87,9 @@ class Classifier(nn.Module):
 
     def features_and_logits(self, x, after_relu=False):
         """(features (B, D), logits (B, 10)) of a batch x (B, 1, 32, 32), in one pass."""
+        # for the blog's network this is the post's own code:
+        #   h = self.layers[:7](x); pre = F.avg_pool2d(h, 4).flatten(1); post = self.layers[7:10](h)
+        # written here for any network (model.py's comment above the class)
         conv, head = self.feature_layers()
         h = self.layers[:conv + 1](x)          # (B, 32, 8, 8): up to and including the last conv
         # the stretch from there to the linear layer (the blog's ReLU, 4x4 average pool and

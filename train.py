@@ -61,7 +61,9 @@ def train_epoch(model, optimizer, x, y, batch_size):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(idx)           # no .item(): stay on the device
+        # weighted by the batch's size, so a smaller last batch counts less (the blog
+        # averages the batch means); no .item(): stay on the device
+        loss_sum += loss.detach() * len(idx)
     return loss_sum / N
 
 @torch.no_grad()
