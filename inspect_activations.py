@@ -80,13 +80,14 @@ def plot_histograms(f, path, bins=100):
 # beyond the blog: dead channels, how normal the features are, and the mistakes
 
 def dead_channels(maps, threshold=0.01):
-    """Channels whose spatial mean stays at or below threshold x the level's largest one, for
-    every digit. Returns (the dead channels, that limit).
+    """Channels whose spatial mean of |maps| stays at or below threshold x the level's largest
+    one, for every digit (|maps|: after an activation that lets negative values through, a
+    steadily negative channel carries a signal too). Returns (the dead channels, that limit).
 
     'At or below', so that a level whose channels are all zero (a dead network) has every
     channel dead, and --dead-threshold 0 finds the channels that are exactly zero.
     """
-    channel_means = maps.mean(dim=(2, 3))                             # (10, C)
+    channel_means = maps.abs().mean(dim=(2, 3))                       # (10, C); abs: a negative channel fires too
     limit = threshold * channel_means.max()
     return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
 
@@ -227,6 +228,11 @@ def run(args):
         dead, limit = dead_channels(m, args.dead_threshold)
         print(f'level {level} (layers[{j}], {m.shape[1]} channels): dead channels {dead} '
               f'(mean activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
+    # the figures of levels an earlier, deeper network had would read as this one's
+    for stale in sorted(out.glob('activations_level*.png')):
+        if stale.stem[len('activations_level'):].isdigit() and int(stale.stem[len('activations_level'):]) >= len(model.levels()):
+            stale.unlink()
+            print(f'removed {stale}: this network has {len(model.levels())} levels')
 
     # 3.: the features before and after the last ReLU, over the test set
     with torch.no_grad():

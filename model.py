@@ -34,7 +34,8 @@ from mnist import reason
 
 
 # What the other scripts rely on, so that an edit of the network below reaches them all:
-# - the network is the one nn.Sequential self.layers: images (B, 1, 32, 32) in, logits (B, 10) out;
+# - the network is the one nn.Sequential self.layers: images (B, 1, 32, 32) in, logits (B, 10)
+#   out; forward() is just self.layers(x) (summary() refuses one that does more);
 # - its pooling layers (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, ...) end the levels
 #   that inspect_activations.py draws, in order (the blog's layers[2], [5] and [8]);
 # - the feature vector that fid.py scores with is read at the last nn.Conv2d: its output, sent
@@ -99,7 +100,7 @@ class Classifier(nn.Module):
         forked = False
         for layer in self.layers[conv + 1:head]:
             if is_activation(layer) or isinstance(layer, nn.Dropout):
-                if getattr(layer, 'inplace', False) and not forked:
+                if getattr(layer, 'inplace', False) and post is pre:
                     post = post.clone()        # an in-place ReLU must not change pre as well
                 post, forked = layer(post), True
             elif forked:
@@ -138,31 +139,45 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def summary(self):
-        """One line: the shape of each level, the feature size and the parameter count, from a
-        blank image sent through the layers in eval mode; a network whose layers do not fit
-        together gets one ValueError that says where, instead of PyTorch's traceback."""
+        """One line: the shape of each level, the feature size and the parameter count, from
+        images sent through the layers in eval mode. A network the other scripts can't read
+        gets one ValueError that says why, instead of a traceback or a wrong number: layers
+        that do not fit together, a forward() that does more than self.layers, a layer of
+        its own making between the last convolution and the linear layer."""
         was_training = self.training
         self.eval()
-        h = torch.zeros(1, 1, 32, 32, device=next(self.parameters()).device)
-        shapes = []
+        x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)).to(next(self.parameters()).device)
+        h, levels, shapes = x, self.levels(), []
         try:
             for i, layer in enumerate(self.layers):
                 h = layer(h)
-                if i in self.levels():
+                if i in levels:
                     shapes.append('x'.join(map(str, h.shape[1:])))
+            if tuple(h.shape) != (2, 10):
+                raise ValueError(f'model.py: the network gives {tuple(h.shape[1:])} per image, expected 10 logits')
+            # the scripts read the network's parts from self.layers, so forward() must be just that
+            if not torch.allclose(self(x), h):
+                raise ValueError('model.py: forward() computes more than self.layers(x), and the other scripts '
+                                 'read the network from self.layers: put the change into self.layers as a layer')
         except RuntimeError as e:
+            fix = (f' (in_features should be {h.shape[1]})' if isinstance(layer, nn.Linear) and h.ndim == 2 else '')
             raise ValueError(f'model.py: layers[{i}] = {layer} does not take the output of the layers '
-                             f'before it ({tuple(h.shape)}): {reason(e)}') from None
+                             f'before it, of shape {tuple(h.shape)}{fix}: {reason(e)}') from None
         finally:
             self.train(was_training)
-        if tuple(h.shape) != (1, 10):
-            raise ValueError(f'model.py: the network gives {tuple(h.shape[1:])} per image, expected 10 logits')
+        conv, head = self.feature_layers()
+        for i in range(conv + 1, head):
+            if not self.layers[i].__module__.startswith('torch.nn') and not is_activation(self.layers[i]):
+                raise ValueError(f'model.py: layers[{i}] = {self.layers[i]} is not a torch.nn layer, so the '
+                                 f'features cannot tell whether it is an activation; use one of torch.nn, or '
+                                 f'give its class is_activation = True')
         return (f'levels {", ".join(shapes) or "none"} | {self.feature_size():,} features | '
                 f'{sum(p.numel() for p in self.parameters()):,} parameters')
 
 def is_activation(layer):
-    """True for torch.nn's activation functions (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, ...)."""
-    return type(layer).__module__ == nn.ReLU.__module__
+    """True for torch.nn's activation functions (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, ...), and
+    for a layer of your own whose class says is_activation = True."""
+    return type(layer).__module__ == nn.ReLU.__module__ or getattr(layer, 'is_activation', False) is True
 
 # -----------------------------------------------------------------------------
 # checkpoints: loading one, checking it was trained with this network, naming it
@@ -186,6 +201,7 @@ def load_classifier(path, device='cpu'):
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise ValueError(f'{path}: "model" must be a dict of tensors (a state_dict), got {type(weights).__name__}')
     model = Classifier().to(device)
+    model.summary()  # a network model.py can't build right is its own error, before any checkpoint's
     # the network it was trained with against the one model.py builds now: weights that
     # happen to fit (after a change of activation, say) would give numbers of a network
     # that was never trained

@@ -51,6 +51,12 @@ def test_dead_channels():
     maps[:, 3] = 2 ** -6
     assert dead_channels(maps, threshold=2 ** -6) == ([1, 3], 2 ** -6)
 
+def test_a_steadily_negative_channel_is_not_dead():
+    maps = torch.ones(10, 3, 2, 2)
+    maps[:, 1] = -0.1                                                  # after a LeakyReLU, say: it fires
+    maps[:, 2] = -1e-4
+    assert dead_channels(maps, threshold=0.01)[0] == [2]
+
 def test_a_level_that_is_all_zero_is_all_dead():
     dead, limit = dead_channels(torch.zeros(10, 5, 2, 2), threshold=0.01)
     assert dead == [0, 1, 2, 3, 4] and limit == 0
@@ -149,7 +155,7 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
                               '--device', 'cpu', '--mistakes', '7', '--data-dir', 'elsewhere'])
     stdout = capsys.readouterr().out
     assert asked == ['elsewhere']
-    for level in range(3):
+    for level in range(len(model.levels())):
         assert f'level {level}' in stdout
     assert 'before the ReLU' in stdout and 'after the ReLU' in stdout
     pred, confidence = predict(model, x)
@@ -160,8 +166,8 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
     digit0 = 100 * ((pred == 0) & (y == 0)).sum() / (y == 0).sum()
     assert f'per digit: 0 {digit0:.1f}%' in stdout
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ['activations_level0.png', 'activations_level1.png', 'activations_level2.png',
-                       'c.pt', 'confusion.png', 'feature_histograms.png', 'mistakes.png']
+    assert written == sorted([*(f'activations_level{k}.png' for k in range(len(model.levels()))),
+                              'c.pt', 'confusion.png', 'feature_histograms.png', 'mistakes.png'])
 
 def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set):
     _, x, y = small_test_set
@@ -232,3 +238,11 @@ def test_an_edited_network_is_drawn_as_it_is(tmp_path, capsys, small_test_set, m
     for level, (j, c) in enumerate(zip(model.levels(), (8, 16, 32, 64))):
         assert f'level {level} (layers[{j}], {c} channels)' in stdout
         assert (tmp_path / f'activations_level{level}.png').exists()
+    # back to model.py's network (the blog's three levels) in the same folder: the fourth level's figure goes
+    monkeypatch.setattr(model_py, 'Classifier', Classifier)
+    save_model(tmp_path / 'c.pt', Classifier(), epoch=0)
+    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
+    n = len(Classifier().levels())                                    # 3, unless model.py was edited
+    out = capsys.readouterr().out
+    assert all(f'removed {tmp_path / f"activations_level{k}.png"}: this network has {n} levels' in out for k in range(n, 4))
+    assert sorted(p.name for p in tmp_path.glob('activations_level*')) == [f'activations_level{k}.png' for k in range(n)]

@@ -74,13 +74,35 @@ def test_summary_shows_the_network(name):
 def test_summary_of_a_network_whose_layers_do_not_fit():
     model, *_ = network('wider')
     model.layers[-1] = nn.Linear(128, 10)                             # 16/32/64 channels need Linear(256, 10)
-    with pytest.raises(ValueError, match=r'layers\[11\] = Linear\(in_features=128.*\(1, 256\)') as e:
+    with pytest.raises(ValueError, match=r'layers\[11\] = Linear\(in_features=128.*of shape \(2, 256\) \(in_features should be 256\)') as e:
         model.summary()
     assert '\n' not in str(e.value)
     model.layers.append(nn.Linear(10, 3))                             # 3 outputs: not 10 digits
     model.layers[-2] = nn.Linear(256, 10)
     with pytest.raises(ValueError, match=r'gives \(3,\) per image, expected 10 logits'):
         model.summary()
+
+def test_summary_refuses_what_the_scripts_cannot_read():
+    # a forward() that does more than self.layers: the scripts would read another network
+    class Normalised(Classifier):
+        def forward(self, x):
+            return self.layers((x - 0.1307) / 0.3081)
+    with pytest.raises(ValueError, match=r'forward\(\) computes more than self.layers\(x\)'):
+        Normalised().summary()
+    # a layer of its own making after the last convolution: an activation or not?
+    class Swish(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+    model, *_ = network('blog')
+    model.layers[7] = Swish()
+    with pytest.raises(ValueError, match=r'layers\[7\] = Swish\(\) is not a torch.nn layer'):
+        model.summary()
+    Swish.is_activation = True                                         # said so: skipped in "pre"
+    model.summary()
+    x = torch.rand(3, 1, 32, 32)
+    pre, post = model.eval().features(x), model.features(x, after_relu=True)
+    torch.testing.assert_close(pre, F.avg_pool2d(model.layers[:7](x), 4).flatten(1))
+    assert not torch.equal(pre, post)
 
 # -----------------------------------------------------------------------------
 # the feature vector
@@ -131,6 +153,17 @@ def test_features_of_each_network(name):
     torch.testing.assert_close(f_pre, without_activations(model, conv, head)(x).flatten(1))
     assert (f_pre < 0).any() and not torch.equal(f_pre, f_post)       # an in-place ReLU must not reach pre
 
+def test_dropout_then_an_in_place_relu_leaves_pre_alone():
+    model, *_ = network('blog')
+    # the last convolution, then dropout before an in-place ReLU, pooling, flatten
+    model.layers = nn.Sequential(*model.layers[:7], nn.Dropout(), nn.ReLU(inplace=True), *model.layers[8:10],
+                                 nn.Linear(128, 10))
+    model.eval()
+    x = torch.rand(4, 1, 32, 32)
+    pre = model.features(x)
+    torch.testing.assert_close(pre, F.avg_pool2d(model.layers[:7](x), 4).flatten(1))
+    assert (pre < 0).any()
+
 @pytest.mark.parametrize('name', ['blog', 'batchnorm'])
 def test_features_and_logits_in_training_mode(name):
     model = network(name)[0].train()
@@ -169,7 +202,7 @@ def test_load_classifier_refuses_another_network(tmp_path, capsys):
         load_classifier(tmp_path / 'other.pt')
     message = str(e.value)
     assert message.startswith(f'{tmp_path / "other.pt"} was trained with another network than model.py builds now')
-    assert 'is Tanh()' in message or 'is ReLU()' in message
+    assert ' was Tanh(), is ' in message or ' was ReLU(), is ' in message       # the checkpoint's, then model.py's
     assert message.endswith('python train.py trains the current one') and '\n' not in message
     # the same network is accepted without a word; one without a record, with a note
     save_model(tmp_path / 'same.pt', Classifier(), epoch=2)
