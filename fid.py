@@ -430,7 +430,7 @@ def print_report(r, name, real_name):
     final = SERIES_FID['validation set vs train'] if r['features'] == 'post' else None
     print(f'\nreport card: {name} ({r["n"]:,} images) vs {real_name} ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians'
-          + (f' (real vs real at 10,000: about {final})' if final else ''))
+          + (f' (real vs real at 10,000: about {final} with the blog\'s network)' if final else ''))
     print(f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over {KID_SUBSETS} subsets of '
           f'{r["kid_subset"]:,}; unbiased: 0 for the same distribution')
     print(f'  precision         {r["precision"]:10.3f}   share of samples inside the real manifold: quality')
