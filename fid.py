@@ -385,18 +385,15 @@ def report_from_features(f, probs, ref, seed=0):
     timed('digits')
     return r
 
-def report(model, x_generated, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None):
-    """The report card of generated images (any shape to_model_input accepts) against a
+def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None, checked=False):
+    """The report card of generated images x (any shape to_model_input accepts) against a
     reference() of real images (train_reference() for the training set), and, with the
     training set's copy_reference() copy_ref, the share of copies: a dict with every metric,
-    the per-sample predictions and copy distances ('per_sample'), and the yardstick."""
-    x = to_model_input(x_generated, 'the generated images')          # (N, 1, 32, 32)
-    return card(model, x, ref, after_relu, batch_size, seed, classifier, copy_ref)
-
-def card(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None):
-    """report() of images x already shaped (N, 1, 32, 32) and checked: load_images' output,
-    or the reference table's rows (whose unclipped noise to_model_input would refuse)."""
+    the per-sample predictions and copy distances ('per_sample'), and the yardstick.
+    checked=True: x is already (N, 1, 32, 32) and checked (load_images' output, or the
+    reference table's rows, whose unclipped noise to_model_input would refuse)."""
     t0 = time.perf_counter()
+    x = x if checked else to_model_input(x, 'the generated images')   # (N, 1, 32, 32)
     f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
     r = report_from_features(f, probs, ref, seed)
     r['copies'], r['copy_tau'] = None, None
@@ -531,7 +528,8 @@ def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifie
           f'| coverage | copies | classifier score | digits present | digit mix KL |\n|{"---|" * 13}')
     results = {}
     for name, x in rows:
-        r = results[name] = card(model, x, ref, after_relu, args.batch_size, args.seed, classifier, copy_ref)
+        r = results[name] = report(model, x, ref, after_relu, args.batch_size, args.seed, classifier, copy_ref,
+                                   checked=True)
         post = SERIES_FID.get(name, '') if after_relu else 'n/a'
         print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
               f'{r["recall"]:.3f} | {r["density"]:.3f} | {r["coverage"]:.3f} | {r["copies"]:.1%} | '
@@ -630,7 +628,7 @@ def main(argv=None):
             ref, copy_ref, real_name = reference(f_real, p_real.argmax(1), args.seed), None, args.inputs[1]
         else:
             ref, copy_ref, real_name = train_ref(), copy_ref(), 'MNIST train'
-        r = card(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref)  # x: checked by load_images
+        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref, checked=True)  # by load_images
         print_report(r, args.inputs[0], real_name)
         print(f'scored in {r["seconds"]:.2f} s on {args.device} ('
               + ', '.join(f'{k} {v:.2f} s' for k, v in r['timing'].items()) + ')')
