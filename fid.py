@@ -55,18 +55,6 @@ from mnist import (SHA256, cached, check_writable, load_mnist, load_npz, pad, pl
                    save_npz, seed_arg)
 from model import classifier_id, get_device, load_classifier
 
-REFERENCE_N = 10_000    # the N the series' numbers are quoted at
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
-KID_DIGIT_SUBSETS = 10  # per digit, fewer subsets: ten KIDs must fit the time budget
-PRECISION_K = 3         # k of the k-NN balls of precision and recall (Kynkäänniemi et al.'s choice)
-DENSITY_K = 5           # k of density and coverage (Naeem et al.'s choice)
-MANIFOLD_N = 10_000     # those four metrics use at most this many images on each side
-COPY_DIMS = 32          # copies: the coarse search compares 32 principal components of the pixels,
-COPY_CANDIDATES = 8     # then re-checks the 8 nearest candidates on all 1,024 pixels
-COPY_RATE = 0.01        # the share of the test digits that count as copies, by construction
-PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
-SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
-
 # -----------------------------------------------------------------------------
 # the blog's path: images -> features -> mean and covariance -> the Fréchet distance
 
@@ -133,6 +121,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 # -----------------------------------------------------------------------------
 # beyond the blog: the report card's other metrics. KID
 
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
+KID_DIGIT_SUBSETS = 10  # per digit, fewer subsets: ten KIDs must fit the time budget
+
 def mmd2_unbiased(x, y):
     """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3
     (Bińkowski et al. 2018, "Demystifying MMD GANs", arXiv:1801.01401):
@@ -161,6 +152,10 @@ def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSE
 
 # -----------------------------------------------------------------------------
 # precision, recall, density and coverage
+
+PRECISION_K = 3         # k of the k-NN balls of precision and recall (Kynkäänniemi et al.'s choice)
+DENSITY_K = 5           # k of density and coverage (Naeem et al.'s choice)
+MANIFOLD_N = 10_000     # those four metrics use at most this many images on each side
 
 def squared_distances(a, b):
     """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul."""
@@ -238,6 +233,10 @@ def classifier_score(probs):
 
 # -----------------------------------------------------------------------------
 # copies of the training set
+
+COPY_DIMS = 32          # the coarse search compares 32 principal components of the pixels,
+COPY_CANDIDATES = 8     # then re-checks the 8 nearest candidates on all 1,024 pixels
+COPY_RATE = 0.01        # the share of the test digits that count as copies, by construction
 
 def recentre(x):
     """Move each image x (N, 32, 32) by whole pixels so that its centre of mass lands on
@@ -323,6 +322,10 @@ def copies(x, copy_ref):
 
 # -----------------------------------------------------------------------------
 # the report card: the real side, the scores, the printout
+
+REFERENCE_N = 10_000    # the N the series' numbers are quoted at
+PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
+SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}   # its final post's
 
 def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None):
     """Everything a report compares with, from the real side's features f (M, D) and
