@@ -230,7 +230,8 @@ def run(args):
               f'(mean activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
     # the figures of levels an earlier, deeper network had would read as this one's
     for stale in sorted(out.glob('activations_level*.png')):
-        if stale.stem[len('activations_level'):].isdigit() and int(stale.stem[len('activations_level'):]) >= len(model.levels()):
+        level = stale.stem.removeprefix('activations_level')
+        if level.isdigit() and int(level) >= len(model.levels()):
             stale.unlink()
             print(f'removed {stale}: this network has {len(model.levels())} levels')
 

@@ -95,18 +95,17 @@ class Classifier(nn.Module):
         h = self.layers[:conv + 1](x)          # (B, 32, 8, 8): up to and including the last conv
         # the stretch from there to the linear layer (the blog's ReLU, 4x4 average pool and
         # flatten) twice: "post" through every layer, "pre" through all but the activations
-        # and dropout (off in eval mode); one tensor until the first activation
+        # and dropout (off in eval mode); one tensor until an activation makes them two
         post = pre = h
-        forked = False
         for layer in self.layers[conv + 1:head]:
             if is_activation(layer) or isinstance(layer, nn.Dropout):
                 if getattr(layer, 'inplace', False) and post is pre:
                     post = post.clone()        # an in-place ReLU must not change pre as well
-                post, forked = layer(post), True
-            elif forked:
-                post, pre = layer(post), layer(pre)
-            else:
+                post = layer(post)
+            elif post is pre:
                 post = pre = layer(post)
+            else:
+                post, pre = layer(post), layer(pre)
         f = (post if after_relu else pre).flatten(1)   # (B, 128)
         return f, self.layers[head:](post)              # the linear layer: (B, 10)
 

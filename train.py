@@ -364,7 +364,7 @@ MUST_MATCH = ('batch_size', 'lr', 'seed')
 
 def checkpoint_to_resume(path, args):
     """The checkpoint at path, checked to be one that this run can continue."""
-    _, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
+    model, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
     if 'optimizer' not in ckpt or 'rng' not in ckpt:
         raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
                          f'train.py), so it cannot be resumed. It still works for evaluation; train '
@@ -381,9 +381,9 @@ def checkpoint_to_resume(path, args):
                          f'Resume with its settings (only --epochs may change), or train from '
                          f'scratch in another --out-dir.')
     # the optimizer: a checkpoint without its name was written by an older train.py, with Adam
-    now = optimizer_name(make_optimizer(Classifier(), args.lr))
+    now = optimizer_name(make_optimizer(model, args.lr))
     then = ckpt.get('optimizer_name', 'Adam')
-    if then != now and (then != 'Adam' or not now.startswith('Adam(')):
+    if not (now == then or then == 'Adam' and now.startswith('Adam(')):
         raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer '
                          f'in train.py now makes {now}. Resume with the same optimizer, or train from '
                          f'scratch without --resume.')
