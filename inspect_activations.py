@@ -69,8 +69,9 @@ def plot_histograms(f, path, bins=100):
         v = f[:, k]
         ax.hist(v, bins=bins, density=True, histtype='stepfilled', color='tab:blue', alpha=0.6)
         mu, sigma = v.mean(), v.std()
-        t = np.linspace(v.min(), v.max(), 200)
-        ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
+        if sigma > 0:                                                 # a constant feature has no curve
+            t = np.linspace(v.min(), v.max(), 200)
+            ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
         ax.set_title(f'feature {k}', fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle('features before the last ReLU (test set), with the fitted normal density')

@@ -110,6 +110,14 @@ def test_top_confusions():
     assert top_confusions(C) == [(4, 9, 12), (3, 5, 9), (7, 2, 7)]
     assert top_confusions(torch.diag(torch.ones(10, dtype=torch.long))) == []   # no mistakes
 
+def test_a_constant_feature_draws_without_a_warning(tmp_path):
+    import warnings
+    f = np.random.default_rng(0).standard_normal((500, 16))
+    f[:, 3] = 0.0                                                       # a dead feature
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        plot_histograms(f, tmp_path / 'hist.png')
+
 def test_figures_are_written(tmp_path):
     plot_maps(torch.rand(10, 3, 4, 4), tmp_path / 'maps.png', 'test')
     plot_histograms(np.random.default_rng(0).standard_normal((500, 16)), tmp_path / 'hist.png')
@@ -246,3 +254,21 @@ def test_an_edited_network_is_drawn_as_it_is(tmp_path, capsys, small_test_set, m
     out = capsys.readouterr().out
     assert all(f'removed {tmp_path / f"activations_level{k}.png"}: this network has {n} levels' in out for k in range(n, 4))
     assert sorted(p.name for p in tmp_path.glob('activations_level*')) == [f'activations_level{k}.png' for k in range(n)]
+
+def test_a_network_without_pooling_layers(tmp_path, capsys, small_test_set, monkeypatch):
+    # strided convolutions halve the resolution instead: no levels to draw, said in one line
+    import model as model_py
+    class Strided(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                              torch.nn.Conv2d(8, 16, 3, stride=4, padding=1), torch.nn.ReLU(),
+                                              torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
+    monkeypatch.setattr(model_py, 'Classifier', Strided)
+    save_model(tmp_path / 'c.pt', Strided(), epoch=0)
+    assert mean_activations(Strided(), torch.rand(20, 1, 32, 32), torch.arange(20) % 10) == {}
+    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
+    out = capsys.readouterr().out
+    assert 'levels none | 256 features' in out
+    assert 'the network has no pooling layers (model.POOLING): no activation maps to draw' in out
+    assert not list(tmp_path.glob('activations_level*'))

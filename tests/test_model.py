@@ -281,3 +281,16 @@ def test_load_classifier_checks_every_field(tmp_path):
 def test_get_device_only_what_the_scripts_run_on(name):
     with pytest.raises(ValueError, match=f'--device {name}: these scripts run on cpu, cuda or mps'):
         get_device(name)
+
+def test_a_broken_model_py_is_named_before_any_checkpoint(tmp_path, monkeypatch):
+    # a checkpoint of the blog's network, and a model.py whose linear layer does not fit:
+    # the message must send the reader to model.py, not to `python train.py`
+    import model as model_py
+    save_model(tmp_path / 'c.pt', Classifier(), epoch=1)
+    def broken():
+        m = Classifier()
+        m.layers[m.feature_layers()[1]] = nn.Linear(m.feature_size() + 1, 10)
+        return m
+    monkeypatch.setattr(model_py, 'Classifier', broken)
+    with pytest.raises(ValueError, match=r'^model.py: layers\[\d+\] = Linear.*in_features should be'):
+        load_classifier(tmp_path / 'c.pt')
