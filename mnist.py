@@ -1,31 +1,21 @@
 """
-MNIST from the raw bytes, as the blog's "MNIST Dataset" section uses it: an IDX parser,
-the loader that train.py, inspect_activations.py and fid.py use, and the blog's first
-figure. Behind them, under a ruler, the plumbing every script shares: finding,
-downloading and verifying the files, writing every output atomically, reading files with
-one-line errors, the .npz caches, tiled figures.
+MNIST from the raw bytes, as the blog's "MNIST Dataset" section uses it: an IDX parser, the
+loader every script uses, the blog's first figure, and under a ruler the plumbing they share.
 
     python mnist.py                 # print the split sizes, write out/mnist_samples.png
 
-As a library:
-
-    from mnist import load_mnist
-    x_train, y_train, x_val, y_val = load_mnist('data')   # (60000, 32, 32), (60000,), ...
-
-MNIST comes as four files in the IDX format (http://yann.lecun.com/exdb/mnist/), usually
-gzip-compressed. We parse them ourselves (no torchvision): an IDX file is a tiny big-endian
-header followed by one flat array. Every file is verified by the SHA-256 of its
-*decompressed* content, so any correct copy is accepted (any mirror, any gzip header, or
-an already-decompressed file) and every corrupt one is rejected.
-
-Following the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios), the
-28x28 images are scaled to [0, 1] and padded with 2 zero pixels on each side to 32x32, so
-that the network's two halvings and its final 4x4 average (32 -> 16 -> 8 -> 2) divide evenly.
+An IDX file (http://yann.lecun.com/exdb/mnist/, usually gzipped) is a tiny big-endian header and
+one flat array; each is verified by the SHA-256 of its *decompressed* content, so any correct copy
+is accepted. As in the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios), the
+28x28 images are scaled to [0, 1] and padded with 2 zero pixels on each side to 32x32, so that
+the network's two halvings and final 4x4 average (32 -> 16 -> 8 -> 2) divide evenly.
 """
 
+import argparse
 import errno
 import gzip
 import hashlib
+import math
 import os
 import struct
 import sys
@@ -39,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# the dataset: file names, checksums of the decompressed content, and mirrors
-# (the checksums every public mirror's copy has)
+# the dataset: file names, the checksums of their decompressed content, and mirrors
 
 SHA256 = {
     'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
@@ -54,15 +43,9 @@ MIRRORS = [
     'http://yann.lecun.com/exdb/mnist/',  # the original; often rate-limited or down
 ]
 
-# IDX element types: the third byte of the header. All multi-byte types are big-endian.
-IDX_DTYPES = {
-    0x08: np.dtype('u1'),   # unsigned byte (MNIST images and labels)
-    0x09: np.dtype('i1'),   # signed byte
-    0x0B: np.dtype('>i2'),  # short
-    0x0C: np.dtype('>i4'),  # int
-    0x0D: np.dtype('>f4'),  # float
-    0x0E: np.dtype('>f8'),  # double
-}
+# IDX element types (the header's third byte): bytes, then big-endian short, int, float, double
+IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
+              0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 # -----------------------------------------------------------------------------
 # the blog's path: the IDX bytes -> load_mnist (scaled to [0, 1], padded to 32x32) -> a figure
@@ -70,41 +53,30 @@ IDX_DTYPES = {
 def parse_idx(raw, name='<bytes>'):
     """Parse the bytes of an IDX file into a numpy array of the declared shape and dtype."""
     # the header: 2 zero bytes, 1 byte element type, 1 byte number of dimensions
-    if len(raw) == 0:
-        raise ValueError(f'{name}: the file is empty (expected an IDX header)')
     if len(raw) < 4:
-        raise ValueError(f'{name}: only {len(raw)} bytes, too short for the 4-byte IDX header')
+        raise ValueError(f'{name}: only {len(raw)} bytes: empty or too short for the 4-byte IDX header')
     if raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f'{name}: not an IDX file (its first two bytes are '
-                         f'{raw[0]:#04x} {raw[1]:#04x}, expected 0x00 0x00)')
+        raise ValueError(f'{name}: not an IDX file (its first two bytes are {raw[:2].hex(" ")}, not 00 00)')
     type_code, ndim = raw[2], raw[3]
     if type_code not in IDX_DTYPES:
         known = ', '.join(f'{c:#04x}' for c in IDX_DTYPES)
         raise ValueError(f'{name}: unknown IDX element type {type_code:#04x} (expected one of {known})')
     if ndim == 0:
         raise ValueError(f'{name}: the IDX header declares zero dimensions')
-    # then one 32-bit big-endian size per dimension
-    header_len = 4 + 4 * ndim
+    header_len = 4 + 4 * ndim  # then one 32-bit big-endian size per dimension
     if len(raw) < header_len:
-        raise ValueError(f'{name}: the IDX header declares {ndim} dimensions but the file '
-                         f'ends after {len(raw)} bytes, inside the header')
+        raise ValueError(f'{name}: the file ends after {len(raw)} bytes, inside the header of {ndim} dimensions')
     shape = struct.unpack(f'>{ndim}I', raw[4:header_len])
     dtype = IDX_DTYPES[type_code]
-    # compare the declared payload with the bytes we have *before* allocating anything,
-    # so a corrupt header that claims billions of elements costs nothing
-    n = 1
-    for size in shape:
-        n *= size  # python ints: no overflow
+    # compare the declared size with the bytes we have *before* allocating: a corrupt header costs nothing
+    n = math.prod(shape)  # python ints: no overflow
     expected, actual = n * dtype.itemsize, len(raw) - header_len
     if actual < expected:
-        raise ValueError(f'{name}: truncated: the header declares shape {shape} of {dtype.name} '
-                         f'({expected:,} bytes of data) but only {actual:,} bytes follow it')
+        raise ValueError(f'{name}: truncated: shape {shape} {dtype.name} needs {expected:,} bytes, {actual:,} follow')
     if actual > expected:
-        raise ValueError(f'{name}: {actual - expected:,} unexpected bytes after the '
-                         f'{expected:,} bytes of data that the header declares (shape {shape})')
+        raise ValueError(f'{name}: {actual - expected:,} unexpected bytes after the data of shape {shape}')
     # the data, row-major; astype makes a writable copy in the machine's byte order
-    x = np.frombuffer(raw, dtype=dtype, count=n, offset=header_len).reshape(shape)
-    return x.astype(dtype.newbyteorder('='))
+    return np.frombuffer(raw, dtype, n, header_len).reshape(shape).astype(dtype.newbyteorder('='))
 
 def pad(x):
     """(N, 28, 28) -> (N, 32, 32): 2 zero pixels on each side, as in the blog."""
@@ -112,39 +84,20 @@ def pad(x):
 
 def load_split(images_name, labels_name, data_dir, mirrors, sha256):
     """One split: verified images and labels -> x (N, 32, 32) float32, y (N,) int64."""
-    images = read_verified(find_or_download(images_name, data_dir, mirrors, sha256[images_name]),
-                           sha256[images_name])
-    labels = read_verified(find_or_download(labels_name, data_dir, mirrors, sha256[labels_name]),
-                           sha256[labels_name])
-    # the checksums already pin the content; these checks make the errors readable when
-    # someone passes their own files and checksums
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f'{images_name}: expected uint8 images of shape (N, 28, 28), '
-                         f'got {images.dtype} {images.shape}')
-    if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise ValueError(f'{labels_name}: expected uint8 labels of shape (N,), '
-                         f'got {labels.dtype} {labels.shape}')
-    if len(images) != len(labels):
-        raise ValueError(f'{images_name} holds {len(images)} images but {labels_name} '
-                         f'holds {len(labels)} labels')
-    if labels.size and labels.max() > 9:
-        raise ValueError(f'{labels_name}: labels must be 0-9, found {labels.max()}')
+    images = read_verified(images_name, data_dir, mirrors, sha256[images_name])  # (N, 28, 28) uint8
+    labels = read_verified(labels_name, data_dir, mirrors, sha256[labels_name])  # (N,) uint8
+    assert images.shape[1:] == (28, 28) and len(images) == len(labels), 'the checksums pin this: MNIST'
     x = pad(torch.from_numpy(images).float() / 255)  # (N, 32, 32) float32 in [0, 1]
     y = torch.from_numpy(labels).long()               # (N,) int64
     return x, y
 
 def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
-    """Return x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,).
-
-    Images are float32 pixel / 255, zero-padded from 28x28 to 32x32; labels are int64.
-    Like the blog, we use the official test set as the validation set.
-    """
+    """Return x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,):
+    pixel / 255 as float32, padded to 32x32; int64 labels. Like the blog, the test set validates."""
     if Path(data_dir).exists() and not Path(data_dir).is_dir():
         raise ValueError(f'{data_dir} is a file, not a folder for the MNIST files')
-    x_train, y_train = load_split('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-                                  data_dir, mirrors, sha256)
-    x_val, y_val = load_split('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
-                              data_dir, mirrors, sha256)
+    x_train, y_train = load_split('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', data_dir, mirrors, sha256)
+    x_val, y_val = load_split('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte', data_dir, mirrors, sha256)
     return x_train, y_train, x_val, y_val
 
 def plot_samples(x, y, path, per_digit=10, seed=0):
@@ -157,7 +110,6 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
     plot_tiles(torch.stack(tiles), path, row_labels=[str(d) for d in range(10)], ylabel='digit')
 
 def main(argv=None):
-    import argparse
     parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four IDX files')
@@ -165,7 +117,6 @@ def main(argv=None):
     parser.add_argument('--seed', type=seed_arg, default=0, help='which random digits to plot')
     args = parser.parse_args(argv)
     print(vars(args))
-
     try:
         check_writable(args.out_dir)
         x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
@@ -185,101 +136,71 @@ def main(argv=None):
 # plumbing: a first reading can skip the rest of this file.
 # Finding, downloading and verifying the four files
 
-def find_or_download(name, data_dir, mirrors=MIRRORS, sha256=None):
-    """Path of name in data_dir (as name.gz, or decompressed as name); download if absent."""
-    for path in (Path(data_dir) / f'{name}.gz', Path(data_dir) / name):
-        if path.is_file():
-            return path
-    return download(name, data_dir, mirrors, sha256)
-
-def download(name, data_dir, mirrors=MIRRORS, sha256=None, timeout=60):
+def download(name, data_dir, mirrors, sha256, timeout=60):
     """Download name.gz from the first mirror that serves a verified copy; return its path.
-
-    Each attempt is written to a temporary file in data_dir and renamed only once its
-    decompressed content matches sha256, so data_dir never holds a partial or corrupt file.
-    """
-    sha256 = sha256 or SHA256[name]
+    It is verified in memory, then written atomically: data_dir never holds a bad or partial file."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     final = data_dir / f'{name}.gz'
-    errors = []
+    errors = [f'could not download {final.name}:']
     for mirror in mirrors:
         url = mirror + final.name
         print(f'downloading {url}')
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f'.{final.name}.', suffix='.part')
         try:
-            with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-                f.write(r.read())
-            digest = hashlib.sha256(gunzip(Path(tmp).read_bytes(), url)).hexdigest()
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                raw = r.read()
+            digest = hashlib.sha256(gunzip(raw, url)).hexdigest()
             if digest != sha256:
                 raise ValueError(f'wrong content (SHA-256 {digest}, expected {sha256})')
-            os.replace(tmp, final)
-            return final
         except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
             errors.append(f'  {url}: {e}')
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    files = '\n'.join(f'  {n}.gz' for n in SHA256)
-    raise FileNotFoundError(
-        f'could not download {final.name}:\n' + '\n'.join(errors) +
-        f'\nWithout internet, put the four MNIST files (gzip-compressed or not) into '
-        f'{data_dir.resolve()}/ yourself:\n{files}\nThey are served by:\n' +
-        '\n'.join(f'  {m}' for m in mirrors))
+            continue
+        write_atomic(final, lambda tmp: tmp.write_bytes(raw))
+        return final
+    advice = [f'Without internet, put the four MNIST files (gzipped or not) into {data_dir.resolve()}/ yourself:',
+              *(f'  {n}.gz' for n in SHA256), 'They are served by:', *(f'  {m}' for m in mirrors)]
+    raise FileNotFoundError('\n'.join(errors + advice))
 
-def read_verified(path, sha256):
-    """Read an IDX file and check the SHA-256 of its decompressed content first."""
+def read_verified(name, data_dir, mirrors, sha256):
+    """The verified IDX array in data_dir as name.gz, or decompressed as name; downloaded if absent."""
+    path = next((p for p in (Path(data_dir) / f'{name}.gz', Path(data_dir) / name) if p.is_file()), None)
+    path = path or download(name, data_dir, mirrors, sha256)
     try:
-        raw = read_bytes(path)
-    except ValueError as e:  # not gzip, or corrupt gzip
+        return read_idx(path, sha256)
+    except ValueError as e:  # not gzip, corrupt gzip, or not this file
         raise ValueError(f'{e}. Delete it so that it is downloaded again, or replace it.') from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != sha256:
-        raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is '
-                         f'{digest}, expected {sha256}. The file is corrupt or not this MNIST '
-                         f'file: delete it so that it is downloaded again, or replace it.')
-    return parse_idx(raw, path)
 
-def read_bytes(path):
-    """The content of a file, decompressed if its name ends in .gz."""
+def read_idx(path, sha256=None):
+    """An IDX file (gzipped if named .gz) as a numpy array; with sha256, only if that is its content's SHA-256."""
     path = Path(path)
     raw = path.read_bytes()
-    if path.suffix == '.gz':
-        raw = gunzip(raw, path)
-    return raw
+    raw = gunzip(raw, path) if path.suffix == '.gz' else raw
+    if sha256 and (digest := hashlib.sha256(raw).hexdigest()) != sha256:
+        raise ValueError(f'{path}: wrong content: the SHA-256 of its decompressed data is {digest}, '
+                         f'expected {sha256}; it is corrupt or not this MNIST file')
+    return parse_idx(raw, path)
 
 def gunzip(raw, name):
     """Decompress gzip bytes; a file that is not gzip or is corrupt gets one ValueError."""
-    if len(raw) == 0:
-        raise ValueError(f'{name}: the file is empty (expected gzip-compressed IDX data)')
     if raw[:2] != b'\x1f\x8b':
-        raise ValueError(f'{name}: not a gzip file (it does not start with the gzip '
-                         f'magic bytes 1f 8b), although its name ends in .gz')
+        why = 'the file is empty' if not raw else 'it does not start with the magic bytes 1f 8b'
+        raise ValueError(f'{name}: not a gzip file ({why}), although its name ends in .gz')
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:  # bad header, cut short, bad CRC, bad data
         raise ValueError(f'{name}: corrupt gzip data ({e})') from None
 
-def read_idx(path):
-    """Read one IDX file, gzip-compressed (.gz) or raw, into a numpy array."""
-    return parse_idx(read_bytes(path), path)
-
-# -----------------------------------------------------------------------------
 # writing and reading files: one way to succeed, one way to fail (see the README's guarantees)
 
 def write_atomic(path, write):
-    """Create or replace the file at path through a temporary name beside it: write(tmp)
-    fills the temporary file, then one rename puts it in place. So path holds either its
-    old content or the complete new one, never half a file. On any failure (a full disk, no
-    permission, a folder in the way, Ctrl-C) the temporary file is removed; a failure to
-    write comes out as one ValueError that names path and the reason."""
+    """Create or replace path: write(tmp) fills a temporary file beside it, one rename puts it in place.
+    On any failure (Ctrl-C too) tmp is removed; a failure to write is one ValueError naming path."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, 'a folder is in the way')
-        in_the_way(path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -289,21 +210,18 @@ def write_atomic(path, write):
             raise ValueError(f'cannot write {path}: {reason(e)}') from None
         raise
 
-def in_the_way(folder):
-    """Raise NotADirectoryError naming the file that stands where folder or a parent should be."""
+def make_folder(folder):
+    """folder.mkdir(parents=True), but naming the file that stands where folder or a parent should be."""
     for p in [folder, *folder.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, f'{p} is a file, not a folder')
-            return
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f'{p} is a file, not a folder')
+    folder.mkdir(parents=True, exist_ok=True)
 
 def check_writable(folder):
-    """Make folder (and its parents) and write and remove a test file in it, so that a run
-    learns at its start, not after an hour, that it could not save its results."""
+    """Make folder and write a test file in it: a run learns at its start that it could not save."""
     folder = Path(folder)
     try:
-        in_the_way(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix='.write-test-')
         os.close(fd)
         os.remove(tmp)
@@ -311,8 +229,7 @@ def check_writable(folder):
         raise ValueError(f'cannot write into {folder}/: {reason(e)}') from None
 
 def read_file(path, read, expected):
-    """read(path), with any failure to read or parse it turned into one ValueError that names
-    path and what was expected there; a missing file stays a FileNotFoundError."""
+    """read(path); a failure to read or parse it is one ValueError naming path and what was expected."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'{path}: no such file')
@@ -339,9 +256,8 @@ def load_npz(path):
     return read_file(path, read, 'a readable .npz file')
 
 def cached(path, build, **key):
-    """The arrays in the .npz cache file at path if it was written with this key (scalars:
-    the classifier, the data, the settings), else build()'s, written there for next time.
-    A stale, damaged or foreign file is rebuilt with a one-line notice."""
+    """The arrays cached at path if written with this key (scalars naming what made them), else
+    build()'s, saved there; a stale, damaged or foreign file is rebuilt with a one-line notice."""
     try:
         z = load_npz(path)
         if all(k in z and z[k].ndim == 0 and z[k].item() == v for k, v in key.items()):
@@ -360,13 +276,9 @@ def reason(e):
     """The cause of an exception in one line, for a one-line error."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    text = str(e)
-    if 'WeightsUnpickler error:' in text:  # PyTorch's weights_only paragraph: keep only its cause
-        text = text.split('WeightsUnpickler error:', 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    text = str(e).split('WeightsUnpickler error:', 1)[-1]  # PyTorch's weights_only paragraph: only its cause
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
 
-# -----------------------------------------------------------------------------
 # figures, and the --seed flag of every script
 
 def save_figure(fig, path):
@@ -374,8 +286,7 @@ def save_figure(fig, path):
     write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
 
 def tile_mosaic(tiles):
-    """Images tiles (R, C, H, W) -> one (R*(H+1)-1, C*(W+1)-1) image, with NaN in the
-    1-pixel gaps between them: tile (r, c) starts at row r*(H+1), column c*(W+1)."""
+    """Tiles (R, C, H, W) -> one (R*(H+1)-1, C*(W+1)-1) image, NaN in the 1-pixel gaps between them."""
     tiles = np.asarray(tiles, dtype=np.float64)
     R, C, H, W = tiles.shape
     grid = np.full((R, H + 1, C, W + 1), np.nan)                      # NaN = gap
@@ -384,39 +295,30 @@ def tile_mosaic(tiles):
 
 def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_labels=None,
                xlabel=None, ylabel=None, cmap='gray', vmin=0.0, vmax=1.0, inches=0.8):
-    """Draw small images tiles (R, C, H, W) as one grid and save it as a PNG.
-
-    The R x C images are tiled into one mosaic with a 1-pixel gap, which matplotlib draws
-    with a single imshow instead of R x C separate axes (seconds faster for a few hundred
-    tiles). NaN pixels, the gaps and any NaN tiles, are drawn white. tile_labels, if given,
-    is an R x C nested list of short strings written into each tile's top-left corner.
-    vmax=None takes the largest value. inches: the size of one tile in the figure.
-    """
+    """Draw small images tiles (R, C, H, W) as one mosaic (one imshow, not R x C axes) and save
+    it as a PNG. NaN pixels (the gaps, missing tiles) are white. tile_labels: R x C short strings
+    for the tiles' top-left corners. vmax=None takes the largest value; inches: one tile's size."""
     from matplotlib.figure import Figure  # no pyplot: nothing opens a window
     R, C, H, W = np.shape(tiles)
     mosaic = tile_mosaic(tiles)                                       # (R*(H+1)-1, C*(W+1)-1)
     fig = Figure(figsize=(inches * C + 1, inches * R + 1))
     ax = fig.subplots()
-    ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=np.nanmax(mosaic) if vmax is None else vmax,
-              interpolation='nearest')
+    ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=np.nanmax(mosaic) if vmax is None else vmax, interpolation='nearest')
     # tick labels at the centre of each row and column of tiles
     ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(C), col_labels or [''] * C, fontsize=8)
     ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(R), row_labels or [''] * R, fontsize=11)
     ax.tick_params(length=0, labeltop=True, labelbottom=False)
     ax.set_xlabel(xlabel or ''), ax.set_ylabel(ylabel or '')
     ax.xaxis.set_label_position('top')
-    for side in ax.spines.values():
-        side.set_visible(False)
+    ax.spines[:].set_visible(False)
     for r, row in enumerate(tile_labels or []):
         for c, text in enumerate(row):
             ax.text(c * (W + 1), r * (H + 1), text, color='yellow', fontsize=7, va='top')
-    if title:
-        ax.set_title(title, fontsize=10, pad=24 if col_labels else 6)
+    ax.set_title(title or '', fontsize=10, pad=24 if col_labels else 6)
     save_figure(fig, path)
 
 def seed_arg(text):
     """argparse type of every --seed: a whole number torch.manual_seed takes, [0, 2**64)."""
-    import argparse
     try:
         value = int(text)
     except ValueError:

@@ -168,7 +168,7 @@ def test_load_mnist_accepts_decompressed_files(tmp_path):
 def test_load_mnist_wrong_content_says_delete(tmp_path):
     sha, _ = write_fake_mnist(tmp_path)
     sha[NAMES[2]] = '0' * 64
-    with pytest.raises(ValueError, match='delete it') as e:
+    with pytest.raises(ValueError, match='wrong content.*Delete it') as e:
         mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
     assert NAMES[2] in str(e.value)
 
@@ -179,16 +179,6 @@ def test_load_mnist_corrupt_gzip_says_delete(tmp_path):
     with pytest.raises(ValueError, match='corrupt gzip.*Delete it') as e:
         mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
     assert str(path) in str(e.value)
-
-def test_load_mnist_count_mismatch(tmp_path):
-    sha, _ = write_fake_mnist(tmp_path, labels=np.zeros(5, np.uint8))
-    with pytest.raises(ValueError, match='6 images but .* 5 labels'):
-        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
-
-def test_load_mnist_label_out_of_range(tmp_path):
-    sha, _ = write_fake_mnist(tmp_path, labels=np.array([0, 1, 2, 3, 4, 10], np.uint8))
-    with pytest.raises(ValueError, match='labels must be 0-9, found 10'):
-        mnist.load_mnist(tmp_path, mirrors=[], sha256=sha)
 
 # -----------------------------------------------------------------------------
 # downloading, against a local http.server the test starts
