@@ -1,26 +1,16 @@
 """
-Look inside the trained classifier, as the blog's "Evaluation" section does.
+Look inside the trained classifier, as the "Evaluation" section of the blog post "Latent
+Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 
     python train.py                  # first: writes out/classifier.pt
     python inspect_activations.py    # figures in out/, numbers on stdout
 
-1. Mean activation maps per digit: for each digit 0-9, the mean over the test images of
-   that digit of the output of each pooling layer (the blog's layers[2], [5] and [8]; found
-   in the network by model.levels(), so an edited network is drawn as it is).
-   Written to out/activations_level{0,1,2}.png, one row per digit, one column per channel.
-2. Dead channels: channels whose mean activation stays near zero for every digit, which
-   the blog calls "a waste of memory/compute".
-3. The feature distribution: the Fréchet distance (fid.py) models the features (128 for the
-   blog's network) as a multivariate normal. We histogram the first 16 features with the
-   fitted normal density on top (out/feature_histograms.png), and summarise all of them by
-   their skewness and excess kurtosis (both 0 for a normal), before the last ReLU (the
-   blog's choice) and after it.
-4. The mistakes: the accuracy per digit, the 10 x 10 confusion matrix of the test set
-   (out/confusion.png), the most frequent confusions, and the misclassified digits
-   themselves, most confident first (out/mistakes.png), in the spirit of fastai's
+1. Each pooling layer's mean output per digit (the blog's layers[2], [5], [8]): out/activations_level*.png.
+2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
+3. How normal the features are, as fid.py's Fréchet distance assumes, before and after the last ReLU:
+   out/feature_histograms.png, skewness and excess kurtosis.
+4. The mistakes: accuracy per digit, the most frequent confusions, and out/mistakes.png, like fastai's
    plot_top_losses.
-
-Follows the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios).
 """
 
 import argparse
@@ -38,13 +28,10 @@ from model import get_device, load_classifier
 
 @torch.no_grad()
 def mean_activations(model, x, y, layers=None, batch_size=1000):
-    """{layer index: (10, C, H, W) mean output of model.layers[index] per digit}, for the
-    given indices or, by default, the pooling layers (model.levels(): the blog's 2, 5, 8)."""
+    """{layer index: (10, C, H, W) mean output per digit}, of the given layers or the pooling ones (model.levels())."""
     layers = model.levels() if layers is None else layers
     sums, counts = {}, torch.bincount(y.cpu(), minlength=10).double()   # (10,) images per digit
-    for i in range(0, len(x), batch_size):
-        h, yb = x[i:i + batch_size], y[i:i + batch_size]             # (B, 1, 32, 32), (B,)
-        # run the layers in order, keeping the outputs we want
+    for h, yb in zip(x.split(batch_size), y.split(batch_size)):     # (B, 1, 32, 32), (B,)
         for j, layer in enumerate(model.layers[:max(layers, default=-1) + 1]):
             h = layer(h)
             if j in layers:
@@ -64,16 +51,13 @@ def plot_histograms(f, path, bins=100):
     """A 4x4 grid: histograms of the first 16 features with the fitted normal density."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10), layout='constrained')
-    axes = fig.subplots(4, 4)
-    for k, ax in enumerate(axes.flat[:f.shape[1]]):                  # fewer tiles for fewer features
-        v = f[:, k]
+    for k, (ax, v) in enumerate(zip(fig.subplots(4, 4).flat, f.T)):   # fewer tiles for fewer features
         ax.hist(v, bins=bins, density=True, histtype='stepfilled', color='tab:blue', alpha=0.6)
         mu, sigma = v.mean(), v.std()
         if sigma > 0:                                                 # a constant feature has no curve
             t = np.linspace(v.min(), v.max(), 200)
             ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
-        ax.set_title(f'feature {k}', fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f'feature {k}', fontsize=9), ax.tick_params(labelsize=7)
     fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
 
@@ -81,23 +65,15 @@ def plot_histograms(f, path, bins=100):
 # beyond the blog: dead channels, how normal the features are, and the mistakes
 
 def dead_channels(maps, threshold=0.01):
-    """Channels whose spatial mean of |maps| stays at or below threshold x the level's largest
-    one, for every digit (|maps|: after an activation that lets negative values through, a
-    steadily negative channel carries a signal too). Returns (the dead channels, that limit).
-
-    'At or below', so that a level whose channels are all zero (a dead network) has every
-    channel dead, and --dead-threshold 0 finds the channels that are exactly zero.
-    """
+    """(the channels whose spatial mean of |maps| is at or below threshold x the level's largest for
+    every digit, that limit); at or below, so an all-zero level is all dead and 0 finds exact zeros."""
     channel_means = maps.abs().mean(dim=(2, 3))                       # (10, C); abs: a negative channel fires too
     limit = threshold * channel_means.max()
     return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
 
 def skew_kurtosis(f):
-    """Sample skewness and excess kurtosis of each column of f (N, D), in float64.
-
-    skew = m3 / m2^1.5 and excess kurtosis = m4 / m2^2 - 3, with m_k the k-th central
-    moment: both are 0 for a normal distribution. Constant columns give NaN.
-    """
+    """Sample skew = m3 / m2^1.5 and excess kurtosis = m4 / m2^2 - 3 (m_k: the k-th central moment)
+    of each column of f (N, D), in float64: both 0 for a normal; NaN for a constant column."""
     f = np.asarray(f, dtype=np.float64)
     c = f - f.mean(axis=0)                                            # (N, D) centred
     m2, m3, m4 = (c ** 2).mean(0), (c ** 3).mean(0), (c ** 4).mean(0)  # (D,) each
@@ -119,9 +95,8 @@ def predict(model, x, batch_size=1000):
     """The predicted digit (N,) and its softmax probability (N,) of each image, on the CPU."""
     was_training = model.training
     model.eval()
-    p = torch.cat([model(x[i:i + batch_size]).softmax(1).cpu() for i in range(0, len(x), batch_size)])  # (N, 10)
+    confidence, pred = torch.cat([model(xb).softmax(1).cpu() for xb in x.split(batch_size)]).max(1)  # (N, 10) -> (N,)
     model.train(was_training)
-    confidence, pred = p.max(1)
     return pred, confidence
 
 def confusion_matrix(y, pred, k=10):
@@ -135,34 +110,12 @@ def mistakes(y, pred, confidence):
 
 def top_confusions(C, n=3):
     """The n most frequent (true, predicted, count) pairs off the diagonal of C."""
-    off = C.clone()
-    off.fill_diagonal_(0)
-    counts, flat = off.flatten().sort(descending=True, stable=True)
+    counts, flat = C.clone().fill_diagonal_(0).flatten().sort(descending=True, stable=True)
     return [(int(i) // len(C), int(i) % len(C), int(c)) for c, i in zip(counts[:n], flat[:n]) if c > 0]
-
-def plot_confusion(C, path):
-    """The confusion matrix with its counts; a log colour scale keeps the ~1,000 on the
-    diagonal and the few mistakes off it readable side by side (empty cells stay white)."""
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
-    C = C.numpy()
-    fig = Figure(figsize=(7, 6))
-    ax = fig.subplots()
-    im = ax.imshow(np.where(C > 0, C, np.nan), cmap='viridis', norm=LogNorm(vmin=1, vmax=C.max()))
-    for (t, p), count in np.ndenumerate(C):
-        if count:
-            ax.text(p, t, str(count), ha='center', va='center', fontsize=8,
-                    color='black' if count > C.max() ** 0.5 else 'white')
-    ax.set_xticks(range(10)), ax.set_yticks(range(10))
-    ax.set_xlabel('predicted digit'), ax.set_ylabel('true digit')
-    ax.set_title(f'{np.trace(C):,} of the {C.sum():,} test images correct')
-    fig.colorbar(im, ax=ax, label='images (log scale)')
-    save_figure(fig, path)
 
 def plot_mistakes(x, y, pred, confidence, order, path, per_row=10):
     """The misclassified digits in the given order, each labelled 'true->predicted probability'."""
-    y, pred, confidence = y.tolist(), pred.tolist(), confidence.tolist()
-    n = len(order)
+    n, y, pred, confidence = len(order), y.tolist(), pred.tolist(), confidence.tolist()
     rows = max(1, -(-n // per_row))                                   # ceil(n / per_row)
     tiles = np.full((rows * per_row, 28, 28), np.nan)                 # NaN tiles stay white
     tiles[:n] = x[order, 0, 2:30, 2:30].cpu().numpy()                 # (n, 28, 28) without the padding
@@ -175,15 +128,13 @@ def plot_mistakes(x, y, pred, confidence, order, path, per_row=10):
 # the command
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Mean activation maps, dead channels and feature '
-                                     'normality of the trained classifier.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description='Mean activation maps, dead channels and feature normality of '
+                                     'the trained classifier.', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='checkpoint written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
-    parser.add_argument('--dead-threshold', type=float, default=0.01,
-                        help="a channel is dead when its mean activation for every digit is at or below this "
-                             "fraction of the level's largest")
+    parser.add_argument('--dead-threshold', type=float, default=0.01, help="a channel is dead when its mean "
+                        "activation for every digit is at or below this fraction of the level's largest")
     parser.add_argument('--mistakes', type=int, default=100,
                         help='how many misclassified digits to draw, the most confident first')
     parser.add_argument('--out-dir', default='out', help='folder for the figures')
@@ -204,43 +155,38 @@ def main(argv=None):
     except KeyboardInterrupt:
         parser.exit(130, '\ninterrupted: nothing half-written was left behind\n')
 
+@torch.no_grad()
 def run(args):
     """main()'s work, once the flags are checked."""
     t0 = time.perf_counter()
-
     check_writable(args.out_dir)                                       # before any work
     model, ckpt = load_classifier(args.checkpoint, args.device)   # refused if model.py changed since
     _, _, x_val, y_val = load_mnist(args.data_dir)
-    acc = ckpt.get('val_acc')
-    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}'
-          + (f', val acc {100 * acc:.2f}%)' if acc is not None else ')') + f' | network: {model.summary()}')
+    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}' + (f', val acc {100 * ckpt["val_acc"]:.2f}%)'
+          if ckpt.get('val_acc') is not None else ')') + f' | network: {model.summary()}')
     x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
     # 1. and 2.: mean maps per digit at each level, and the channels that never fire
     out = Path(args.out_dir)
-    maps = mean_activations(model, x_val, y_val)                      # {index of a pooling layer: maps}
-    if not model.levels():
+    maps = mean_activations(model, x_val, y_val)                      # {index of a pooling layer: (10, C, H, W)}
+    if not maps:
         print('the network has no pooling layers (model.POOLING): no activation maps to draw')
-    for level, j in enumerate(model.levels()):
-        m = maps[j]                                                        # (10, C, H, W)
+    for level, (j, m) in enumerate(maps.items()):
         path = out / f'activations_level{level}.png'
         plot_maps(m, path, f'level {level}: layers[{j}], mean over the test images of each digit '
                            f'({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
         dead, limit = dead_channels(m, args.dead_threshold)
         print(f'level {level} (layers[{j}], {m.shape[1]} channels): dead channels {dead} '
               f'(mean activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit) | wrote {path}')
-    # the figures of levels an earlier, deeper network had would read as this one's
-    for stale in sorted(out.glob('activations_level*.png')):
+    for stale in sorted(out.glob('activations_level*.png')):          # a deeper network's would read as this one's
         level = stale.stem.removeprefix('activations_level')
-        if level.isdigit() and int(level) >= len(model.levels()):
+        if level.isdigit() and int(level) >= len(maps):
             stale.unlink()
-            print(f'removed {stale}: this network has {len(model.levels())} levels')
+            print(f'removed {stale}: this network has {len(maps)} levels')
 
     # 3.: the features before and after the last ReLU, over the test set
-    with torch.no_grad():
-        f_pre = torch.cat([model.features(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)]).cpu().numpy()
-        f_post = torch.cat([model.features(x_val[i:i + 1000], after_relu=True)
-                            for i in range(0, len(x_val), 1000)]).cpu().numpy()   # (10000, D)
+    f_pre, f_post = [torch.cat([model.features(xb, after_relu) for xb in x_val.split(1000)]).cpu().numpy()
+                     for after_relu in (False, True)]                  # (10000, D) each
     plot_histograms(f_pre, out / 'feature_histograms.png')
     print(f'wrote {out / "feature_histograms.png"}')
     print('before the ReLU (the blog\'s features): ' + normality_summary(f_pre))
@@ -248,21 +194,16 @@ def run(args):
 
     # 4.: what the classifier gets wrong, and how sure it was
     pred, confidence = predict(model, x_val)                           # (10000,), (10000,)
-    y_cpu = y_val.cpu()
-    C = confusion_matrix(y_cpu, pred)                                  # (10, 10)
-    per_digit = C.diag() / C.sum(1)                                    # (10,) recall of each digit
-    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
-          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(per_digit.tolist())))
-    order = mistakes(y_cpu, pred, confidence)
+    C = confusion_matrix(y_val, pred)                                  # (10, 10)
+    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '      # per digit: its recall
+          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate((C.diag() / C.sum(1)).tolist())))
+    order = mistakes(y_val, pred, confidence)
     print(f'{len(order)} mistakes; the most frequent: '
           + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
-    plot_confusion(C, out / 'confusion.png')
     shown = order[:args.mistakes]                                      # the most confident ones
-    plot_mistakes(x_val, y_cpu, pred, confidence, shown, out / 'mistakes.png')
-    print(f'wrote {out / "confusion.png"} and {out / "mistakes.png"} '
-          f'({len(shown)} of the {len(order)} mistakes)')
+    plot_mistakes(x_val, y_val, pred, confidence, shown, out / 'mistakes.png')
+    print(f'wrote {out / "mistakes.png"} ({len(shown)} of the {len(order)} mistakes)')
     print(f'done in {time.perf_counter() - t0:.1f} s')
-
 
 if __name__ == '__main__':
     main()

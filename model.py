@@ -6,25 +6,20 @@ histograms and that fid.py uses to score generated digits.
     from model import Classifier, load_classifier, classifier_id
     model = Classifier()
     logits = model(x)             # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
-    f = model.features(x)         # (B, 128): last convolution before its ReLU, pooled
+    f = model.features(x, after_relu=False)   # (B, 128): the last convolution's output, pooled
     model.summary()               # 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
     model, ckpt = load_classifier('out/classifier.pt')   # a checkpoint written by train.py
     classifier_id('out/classifier.pt')                    # its name, e.g. 'a7a15236ad73'
 
 A LeNet-like CNN: three 3x3 convolutions with ReLU, each followed by a pooling that
 halves (max) or quarters (average) the resolution, then dropout and one linear layer.
-Edit it freely: the comment above the class says what the other scripts find in it, and
-the README's "Things to try" lists edits with what they did.
 
-Parameter count: the blog's text says 16,554 parameters, but the code it prints has
-80 + 1,168 + 4,640 + 1,290 = 7,178, and no choice of widths or kernel sizes that keeps its
-layer list and its 8x16x16 / 16x8x8 / 32x2x2 shapes gives 16,554. We follow the printed
-code, so this model has 7,178 parameters.
+Parameter count: the blog's text says 16,554, but the code it prints, which we follow, has
+80 + 1,168 + 4,640 + 1,290 = 7,178 (no widths or kernel sizes that keep its shapes give 16,554).
 """
 
 import difflib
 import hashlib
-import sys
 from pathlib import Path
 
 import torch
@@ -33,19 +28,13 @@ import torch.nn as nn
 from mnist import reason
 
 
-# What the other scripts rely on, so that an edit of the network below reaches them all:
+# Edit the network freely (the README's "Things to try" has edits and what they did); the scripts rely on:
 # - the network is the one nn.Sequential self.layers: images (B, 1, 32, 32) in, logits (B, 10)
 #   out; forward() is just self.layers(x) (summary() refuses one that does more);
-# - its pooling layers (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, ...) end the levels
-#   that inspect_activations.py draws, in order (the blog's layers[2], [5] and [8]);
-# - the feature vector that fid.py scores with is read at the last nn.Conv2d: its output, sent
-#   through the layers that follow it up to the first nn.Linear, and flattened. "post" keeps
-#   the activations on that stretch (it is the input of that nn.Linear), "pre" skips them
-#   (the blog's choice). Its size is that nn.Linear's in_features (the blog's 128);
-# - a checkpoint records the layers it was trained with (architecture()), and a checkpoint
-#   of another network is refused: after an edit, `python train.py` trains the new one.
-# So: add, remove or widen layers freely, keep one nn.Sequential, and make the first
-# nn.Linear's in_features match what reaches it (channels x height x width).
+# - its pooling layers (POOLING) end, in order, the levels inspect_activations.py draws (layers[2], [5], [8]);
+# - fid.py's feature vector is read from the last nn.Conv2d to the first nn.Linear after it (features());
+# - a checkpoint of another network (architecture()) is refused: `python train.py` trains the new one.
+# Make the first nn.Linear's in_features (the feature size, 128) match what reaches it (channels x H x W).
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.LPPool2d)
 
 
@@ -53,9 +42,7 @@ class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
         super().__init__()
-        c1, c2, c3 = 8, 16, 32  # the channels of the three levels, as in the blog
-        # one Sequential, as in the blog: the pooling outputs it plots are layers[2], [5]
-        # and [8], the last convolution is layers[6] (comments: the blog's shapes)
+        c1, c2, c3 = 8, 16, 32  # the channels of the three levels; one Sequential: all as in the blog
         self.layers = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
             nn.ReLU(),                              # 1
@@ -75,39 +62,31 @@ class Classifier(nn.Module):
         # x: (B, 1, 32, 32) -> logits (B, 10); softmax lives in the cross-entropy loss
         return self.layers(x)
 
-    def features(self, x, after_relu=False):
-        """The blog's feature vector of a batch x (B, 1, 32, 32) -> (B, D), D = 128 for the
-        blog's network (feature_size()).
-
-        By default the output of the last convolution *before* its ReLU, pooled as the
-        network pools it (the blog's 4x4 average) and flattened: the blog's choice. With
-        after_relu=True, the same after the ReLU: the input of the linear layer, which
-        fid.py scores with by default (its docstring says why).
-        """
+    def features(self, x, after_relu):
+        """The feature vector (B, D = feature_size() = 128) of a batch x (B, 1, 32, 32): the last
+        convolution's output through the layers up to the first linear layer (the blog's ReLU,
+        4x4 average pool, flatten). after_relu=False skips the activations: "pre", the blog's
+        histograms; True keeps them: "post", the linear layer's input and fid.py's yardstick
+        (the choice is yours at every call; fid.py's docstring says why it uses post)."""
         return self.features_and_logits(x, after_relu)[0]
 
-    def features_and_logits(self, x, after_relu=False):
+    def features_and_logits(self, x, after_relu):
         """(features (B, D), logits (B, 10)) of a batch x (B, 1, 32, 32), in one pass."""
-        # for the blog's network this is the post's own code:
+        # the post's own code, written for any network; for the blog's it is
         #   h = self.layers[:7](x); pre = F.avg_pool2d(h, 4).flatten(1); post = self.layers[7:10](h)
-        # written here for any network (model.py's comment above the class)
         conv, head = self.feature_layers()
         h = self.layers[:conv + 1](x)          # (B, 32, 8, 8): up to and including the last conv
-        # the stretch from there to the linear layer (the blog's ReLU, 4x4 average pool and
-        # flatten) twice: "post" through every layer, "pre" through all but the activations
-        # and dropout (off in eval mode); one tensor until an activation makes them two
+        # "post" goes through every layer up to the linear one, "pre" skips the activations and
+        # dropout (off in eval mode); one tensor until an activation makes them two
         post = pre = h
         for layer in self.layers[conv + 1:head]:
             if is_activation(layer) or isinstance(layer, nn.Dropout):
-                if getattr(layer, 'inplace', False) and post is pre:
-                    post = post.clone()        # an in-place ReLU must not change pre as well
-                post = layer(post)
+                post = layer(post.clone() if post is pre else post)   # an in-place ReLU must not change pre
             elif post is pre:
                 post = pre = layer(post)
             else:
                 post, pre = layer(post), layer(pre)
-        f = (post if after_relu else pre).flatten(1)   # (B, 128)
-        return f, self.layers[head:](post)              # the linear layer: (B, 10)
+        return (post if after_relu else pre).flatten(1), self.layers[head:](post)   # (B, 128), (B, 10)
 
     # -------------------------------------------------------------------------
     # the network's parts, found in self.layers (see the comment above the class)
@@ -117,8 +96,7 @@ class Classifier(nn.Module):
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, POOLING)]
 
     def feature_layers(self):
-        """(conv, head): self.layers[conv] is the last convolution, self.layers[head] the
-        first linear layer after it, whose input is the feature vector. The blog's: (6, 11)."""
+        """(conv, head): the indices of the last convolution and of the first linear layer after it (6, 11)."""
         convs = [i for i, layer in enumerate(self.layers) if isinstance(layer, nn.Conv2d)]
         if not convs:
             raise ValueError('model.py: the network has no nn.Conv2d; the features are read at the last one')
@@ -132,17 +110,15 @@ class Classifier(nn.Module):
         return self.layers[self.feature_layers()[1]].in_features
 
     def architecture(self):
-        """The network as a list of strings, one per layer ('layers.0: Conv2d(1, 8, ...)'):
-        checkpoints record it, and load_classifier compares it with the network built now."""
+        """The network as checkpoints record it: one string per layer ('layers.0: Conv2d(1, 8, ...)')."""
         return [f'{name}: {m!r}' for name, m in self.named_modules() if next(m.children(), None) is None]
 
     @torch.no_grad()
     def summary(self):
-        """One line: the shape of each level, the feature size and the parameter count, from
-        images sent through the layers in eval mode. A network the other scripts can't read
-        gets one ValueError that says why, instead of a traceback or a wrong number: layers
-        that do not fit together, a forward() that does more than self.layers, a layer of
-        its own making between the last convolution and the linear layer."""
+        """One line: each level's shape, the feature size and the parameter count, from images
+        sent through the layers in eval mode. A network the other scripts can't read gets one
+        ValueError saying why: layers that do not fit together, a forward() that does more than
+        self.layers, a layer of its own making between the last convolution and the linear layer."""
         was_training = self.training
         self.eval()
         x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)).to(next(self.parameters()).device)
@@ -154,7 +130,6 @@ class Classifier(nn.Module):
                     shapes.append('x'.join(map(str, h.shape[1:])))
             if tuple(h.shape) != (2, 10):
                 raise ValueError(f'model.py: the network gives {tuple(h.shape[1:])} per image, expected 10 logits')
-            # the scripts read the network's parts from self.layers, so forward() must be just that
             if not torch.allclose(self(x), h):
                 raise ValueError('model.py: forward() computes more than self.layers(x), and the other scripts '
                                  'read the network from self.layers: put the change into self.layers as a layer')
@@ -174,44 +149,37 @@ class Classifier(nn.Module):
                 f'{sum(p.numel() for p in self.parameters()):,} parameters')
 
 def is_activation(layer):
-    """True for torch.nn's activation functions (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, ...), and
-    for a layer of your own whose class says is_activation = True."""
+    """True for torch.nn's activations (nn.ReLU, nn.GELU, nn.Tanh, ...) and classes that say is_activation = True."""
     return type(layer).__module__ == nn.ReLU.__module__ or getattr(layer, 'is_activation', False) is True
 
 # -----------------------------------------------------------------------------
 # checkpoints: loading one, checking it was trained with this network, naming it
 
 def load_classifier(path, device='cpu'):
-    """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict).
-
-    The file is checked field by field before use: a dict, recording the network it was
-    trained with (the same as the one Classifier builds now), whose 'model' holds a tensor of
-    the right shape for every weight, all finite, and an integer 'epoch' if it has one;
-    anything else gets one ValueError that names the file and the field."""
+    """Load a checkpoint written by train.py; return (model in eval mode, checkpoint dict). Each
+    field is checked first (the network Classifier builds now, a finite tensor of the right shape
+    per weight, an integer 'epoch' if any): anything else gets one ValueError naming file and field."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f'{path}: no such checkpoint; run python train.py first') from None
     except Exception as e:  # not a zip/pickle file, or holds objects weights_only refuses
         raise ValueError(f'{path}: not a checkpoint written by train.py (torch.load: {reason(e)})') from None
-    if not isinstance(ckpt, dict) or 'model' not in ckpt:
-        raise ValueError(f'{path}: not a checkpoint written by train.py (no "model" entry)')
+    if not isinstance(ckpt, dict) or 'model' not in ckpt or 'architecture' not in ckpt:
+        raise ValueError(f'{path}: not a checkpoint written by train.py (it needs "model" and "architecture" entries)')
     weights = ckpt['model']
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise ValueError(f'{path}: "model" must be a dict of tensors (a state_dict), got {type(weights).__name__}')
-    model = Classifier().to(device)
+    model = Classifier().to(device).eval()
     model.summary()  # a network model.py can't build right is its own error, before any checkpoint's
-    # the network it was trained with against the one model.py builds now: weights that
-    # happen to fit (after a change of activation, say) would give numbers of a network
-    # that was never trained
-    if 'architecture' in ckpt and ckpt['architecture'] != model.architecture():
+    # weights that happen to fit another network (another activation, say) would give its numbers untrained
+    if ckpt['architecture'] != model.architecture():
         raise ValueError(f'{path} was trained with another network than model.py builds now '
                          f'({network_diff(ckpt["architecture"], model.architecture())}); '
                          f'python train.py trains the current one')
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in weights.items()}
-    if got != expected:
-        diff = sorted(set(got.items()) ^ set(expected.items()))
+    shapes = lambda state: {(k, tuple(v.shape)) for k, v in state.items()}
+    diff = sorted(shapes(weights) ^ shapes(model.state_dict()))   # (name, shape) in one but not the other
+    if diff:
         raise ValueError(f'{path}: its weights do not fit model.Classifier '
                          f'(mismatched entries, name and shape: {diff[:6]})')
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
@@ -220,10 +188,6 @@ def load_classifier(path, device='cpu'):
     if 'epoch' in ckpt and (not isinstance(ckpt['epoch'], int) or ckpt['epoch'] < 0):
         raise ValueError(f'{path}: "epoch" must be a whole number >= 0, got {ckpt["epoch"]!r}')
     model.load_state_dict(weights)
-    model.eval()
-    if 'architecture' not in ckpt:
-        print(f'{path} does not record its network (an older train.py wrote it): '
-              f'assuming it is the one model.py builds now', file=sys.stderr)
     return model, ckpt
 
 def network_diff(old, new, most=3):
@@ -231,26 +195,18 @@ def network_diff(old, new, most=3):
     "layers.1 was ReLU(), is GELU(approximate='none'); layers.11 BatchNorm2d(...) is new"."""
     if not isinstance(old, list) or not all(isinstance(s, str) for s in old):
         return f'its record of the network is a {type(old).__name__}, not a list of layers'
-    name = lambda s: s.split(': ', 1)[0]       # 'layers.1: ReLU()' -> 'layers.1'
-    layer = lambda s: s.split(': ', 1)[-1]     # 'layers.1: ReLU()' -> 'ReLU()'
-    changes = []
+    name = lambda s: s.split(': ', 1)[0]                        # 'layers.1: ReLU()' -> 'layers.1'
+    a, b = [[s.split(': ', 1)[-1] for s in arch] for arch in (old, new)]   # ['ReLU()', ...]
     # as many layers: compare them place by place; else let difflib find what was added or removed
-    ops = ([('replace', i, i + 1, i, i + 1) for i in range(len(new)) if layer(old[i]) != layer(new[i])]
-           if len(old) == len(new) else
-           difflib.SequenceMatcher(a=[layer(s) for s in old], b=[layer(s) for s in new], autojunk=False).get_opcodes())
-    for op, i1, i2, j1, j2 in ops:
-        was, now = ', '.join(map(layer, old[i1:i2])), ', '.join(map(layer, new[j1:j2]))
-        if op == 'replace':
-            changes.append(f'{name(new[j1])} was {was}, is {now}')
-        elif op == 'insert':
-            changes.append(f'{name(new[j1])} {now} is new')
-        elif op == 'delete':
-            changes.append(f'{name(old[i1])} {was} is gone')
+    ops = ([('replace', i, i + 1, i, i + 1) for i in range(len(b)) if a[i] != b[i]] if len(a) == len(b)
+           else difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes())
+    changes = [f'{name(new[j1])} was {", ".join(a[i1:i2])}, is {", ".join(b[j1:j2])}' if op == 'replace' else
+               f'{name(new[j1])} {", ".join(b[j1:j2])} is new' if op == 'insert' else
+               f'{name(old[i1])} {", ".join(a[i1:i2])} is gone' for op, i1, i2, j1, j2 in ops if op != 'equal']
     return '; '.join(changes[:most]) + (f'; and {len(changes) - most} more' if len(changes) > most else '')
 
 def classifier_id(path):
-    """The name of a trained classifier: the first 12 hex digits of its checkpoint file's
-    SHA-256. fid.py reports every number with it (the yardstick), and train.py prints it."""
+    """A trained classifier's name, the yardstick fid.py reports with: its file's SHA-256, first 12 hex digits."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 # -----------------------------------------------------------------------------
@@ -259,19 +215,13 @@ def classifier_id(path):
 def get_device(name='auto'):
     """'auto' picks cuda, then mps, then cpu. Any other name must be a device torch has here."""
     if name == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        if torch.backends.mps.is_available():
-            return 'mps'
-        return 'cpu'
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     try:
         kind = torch.device(name).type
     except RuntimeError:
         raise ValueError(f'--device {name!r} is not a torch device (try auto, cpu, cuda, cuda:1, mps)') from None
     if kind not in ('cpu', 'cuda', 'mps'):  # meta holds no data; xpu, hpu, ... are not supported here
         raise ValueError(f'--device {name}: these scripts run on cpu, cuda or mps, not {kind}')
-    if kind == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU')
-    if kind == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError(f'--device {name}: MPS is not available on this machine')
+    if kind != 'cpu' and not (torch.cuda if kind == 'cuda' else torch.backends.mps).is_available():
+        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) sees no {kind.upper()} GPU')
     return name

@@ -6,26 +6,17 @@ Train the blog's MNIST classifier from the raw IDX bytes, with a hand-written lo
     python train.py --resume --epochs 150  # continue out/classifier.pt up to epoch 150
     python train.py --compare-blog-loop 3  # time the blog's loop against ours, then exit
 
-Writes out/classifier.pt (the weights plus everything needed to understand them and to
-train on) and out/loss.png (train and validation loss against epoch). Follows the blog post
-"Latent Diffusion Series: MNIST Classifier" (Nick Tasios): Adam with lr 1e-3, batches of
-256, cross-entropy, 100 epochs, a random permutation per epoch, and the official test set
-as the validation set.
-
-The loop is the blog's, made fast: the whole dataset goes to the device once (60,000 x
-32 x 32 float32 = 246 MB, plus 41 MB for validation), batches are gathered on the device
-from a permutation that lives there too, and the loss is summed on the device and read
-back once per epoch instead of once per step (each read waits for the device to finish).
-
-Stop and resume: the checkpoint is written at the end of every epoch, so Ctrl-C loses at
-most the epoch in progress; `--resume` continues from it. The checkpoint holds the
-optimizer's state and the random number generators' states too, so on the CPU a stopped
-and resumed run ends with the same weights, bit for bit, as a run that was never stopped.
+Writes out/classifier.pt (the weights, and all it takes to understand them and to train on)
+and out/loss.png. Follows "Latent Diffusion Series: MNIST Classifier" (Nick Tasios): Adam, lr
+1e-3, batches of 256, cross-entropy, 100 epochs, a new permutation per epoch, the test set as
+the validation set. The blog's loop, made fast: the data goes to the device once, and the loss
+is read back once per epoch, not once per step, since each read waits for the device.
+The checkpoint is written every epoch, so Ctrl-C loses at most the epoch in progress; on the
+CPU, a run stopped and continued with --resume ends with the weights of an unbroken run, bit for bit.
 """
 
 import argparse
 import math
-import os
 import shlex
 import statistics
 import sys
@@ -42,8 +33,7 @@ from model import Classifier, classifier_id, get_device, load_classifier
 # the blog's training: the optimizer, one epoch, the evaluation, the loop over epochs, the loss figure
 
 def make_optimizer(model, lr):
-    """The blog's optimizer, Adam. Made here alone: training, --resume (which checks that a
-    checkpoint was trained with the same one) and --compare-blog-loop all use it, so trying
+    """The blog's optimizer, Adam; training, --resume and --compare-blog-loop all make it here, so
     another is this one line, e.g. torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -61,8 +51,7 @@ def train_epoch(model, optimizer, x, y, batch_size):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # weighted by the batch's size, so a smaller last batch counts less (the blog
-        # averages the batch means); no .item(): stay on the device
+        # times B: the short last batch counts less (the blog averages batch means); no .item() sync
         loss_sum += loss.detach() * len(idx)
     return loss_sum / N
 
@@ -82,33 +71,23 @@ def evaluate(model, x, y, batch_size=1000):
 
 def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=1e-3,
           log_every=10, ckpt_path=None, config=None, resume_from=None):
-    """Train model in place up to epoch `epochs`; return the loss history.
-
-    Validates every log_every epochs and at the last one, and writes a checkpoint to
-    ckpt_path at the end of every epoch (about 100 KB), so that Ctrl-C loses at most the
-    epoch in progress: it raises KeyboardInterrupt(the epoch the checkpoint holds, or None).
-    resume_from: a checkpoint dict written by this function; training continues after its
-    epoch with its weights, optimizer state, random number generator states and history.
-    A loss that becomes NaN or infinite raises FloatingPointError before anything is
-    saved, so ckpt_path keeps the last good checkpoint.
-    """
+    """Train model in place up to epoch `epochs`, validating every log_every epochs and at the
+    last; return the loss history. ckpt_path gets a checkpoint every epoch: Ctrl-C raises
+    KeyboardInterrupt(the epoch it holds, or None), a NaN loss FloatingPointError before the save.
+    resume_from: a checkpoint of this function, to continue after its epoch."""
     device = x_train.device
     optimizer = make_optimizer(model, lr)
     history = {'epoch': [], 'train_loss': [], 'seconds': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
     start = saved = 0           # the epoch we start after, and the one the checkpoint holds
-    if resume_from is not None:
-        model.load_state_dict(resume_from['model'])
-        optimizer.load_state_dict(resume_from['optimizer'])
-        set_rng_states(resume_from['rng'], device)
-        history = {k: list(v) for k, v in resume_from['history'].items()}
-        start = saved = resume_from['epoch']
+    if resume_from is not None:  # --resume: its weights, optimizer and random states, history
+        start = saved = restore(resume_from, model, optimizer, history, device)
     try:
         for epoch in range(start + 1, epochs + 1):
             # train, timing only the training pass (the .item() waits for the device)
             t0 = time.perf_counter()
             train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
             dt = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
+            if not math.isfinite(train_loss):  # stop before the save overwrites the last good epoch
                 kept = (f'{ckpt_path} still holds the last good checkpoint (epoch {saved})'
                         if saved else 'no checkpoint was written')
                 raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}; '
@@ -137,24 +116,20 @@ def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=
 def plot_loss(history, path):
     """The blog's loss figure: train and validation loss against epoch."""
     from matplotlib.figure import Figure  # no pyplot: nothing opens a window
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
+    ax = Figure(figsize=(6, 4)).subplots()
     ax.plot(history['epoch'], history['train_loss'], label='train')
     ax.plot(history['val_epoch'], history['val_loss'], 'o-', label='validation')
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('cross-entropy loss')
-    ax.set_yscale('log')
+    ax.set(xlabel='epoch', ylabel='cross-entropy loss', yscale='log')
     ax.legend()
     ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    save_figure(ax.figure, path)
 
 # -----------------------------------------------------------------------------
 # the blog's own loop, kept only to measure what the changes above buy
 
 def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch the way the blog's notebook runs it: the data stays on the host, each
-    batch is indexed there and copied with .to(device), and the loss is read back to
-    the host after every step (which waits for the device every step)."""
+    """One epoch as the blog's notebook runs it: each batch indexed on the host and copied with
+    .to(device), the loss read back after every step."""
     train_ids = torch.randperm(len(x_train))
     avg_loss = 0.0
     for i in range(math.ceil(len(x_train) / batch_size)):
@@ -170,14 +145,12 @@ def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
 
 def compare_loops(x_train, y_train, batch_size, lr, device, rounds):
     """Alternate epochs of the blog's loop and ours on fresh models; print the medians."""
-    x_dev = x_train[:, None].to(device)
-    y_dev = y_train.to(device)
+    x_dev, y_dev = x_train[:, None].to(device), y_train.to(device)
     times = {'blog': [], 'ours': []}
     for r in range(rounds):
         for name in ('blog', 'ours'):
-            model = Classifier().to(device)
-            if name == 'ours':
-                model = model.to(memory_format=torch.channels_last)
+            layout = torch.channels_last if name == 'ours' else torch.preserve_format   # ours as in run()
+            model = Classifier().to(device, memory_format=layout)
             optimizer = make_optimizer(model, lr)
             t0 = time.perf_counter()
             if name == 'blog':
@@ -187,10 +160,9 @@ def compare_loops(x_train, y_train, batch_size, lr, device, rounds):
             times[name].append(time.perf_counter() - t0)
             print(f'round {r + 1} | {name} loop | {times[name][-1]:.2f} s', flush=True)
     blog, ours = statistics.median(times['blog']), statistics.median(times['ours'])
-    N = len(x_train)
     print(f'median over {rounds} epochs on {device}: blog loop {blog:.2f} s/epoch '
-          f'({N / blog / 1000:.1f}k img/s) | train.py loop {ours:.2f} s/epoch '
-          f'({N / ours / 1000:.1f}k img/s) | {blog / ours:.2f}x faster')
+          f'({len(x_train) / blog / 1000:.1f}k img/s) | train.py loop {ours:.2f} s/epoch '
+          f'({len(x_train) / ours / 1000:.1f}k img/s) | {blog / ours:.2f}x faster')
 
 # -----------------------------------------------------------------------------
 # the command
@@ -208,7 +180,8 @@ def main(argv=None):
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the weights, the order and dropout')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     # output
-    parser.add_argument('--log-every', type=int, default=10, help="evaluate every this many epochs (the blog's i_log); the checkpoint is written every epoch")
+    parser.add_argument('--log-every', type=int, default=10,
+                        help="evaluate every this many epochs (the blog's i_log); checkpoints are written every epoch")
     parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
     parser.add_argument('--resume', action='store_true',
                         help='continue from classifier.pt in --out-dir (after Ctrl-C, or to train longer)')
@@ -243,21 +216,17 @@ def run(args, argv, parser):
         check_writable(args.out_dir)
     # with --resume: the checkpoint to continue, checked before anything else is done
     ckpt_path = Path(args.out_dir) / 'classifier.pt'
-    resume_from = None
-    if args.resume:
-        resume_from = checkpoint_to_resume(ckpt_path, args)
-        print(f'resuming {ckpt_path} after epoch {resume_from["epoch"]}')
+    resume_from = checkpoint_to_resume(ckpt_path, args) if args.resume else None
 
-    # the model, checked on a blank image (an edit of model.py whose layers do not fit
-    # together is one line here, not a traceback in the first batch); channels_last (NHWC)
-    # memory makes the convolutions of this narrow network faster on a CPU, same maths
+    # the model, checked by summary() (a model.py whose layers do not fit is one line, not a
+    # traceback); channels_last (NHWC) makes this narrow network faster on a CPU, same maths
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device).to(memory_format=torch.channels_last)
     print(f'network: {model.summary()}')          # levels, feature size, parameters
     if ckpt_path.exists() and not args.resume and not args.compare_blog_loop:
         # a new run: keep the checkpoint that is there (and the yardstick fid.py named by it)
         prev = ckpt_path.with_name('classifier.prev.pt')
-        os.replace(ckpt_path, prev)
+        ckpt_path.replace(prev)
         print(f'kept the checkpoint that was in {ckpt_path} as {prev}')
 
     # the data: decoded and verified on the host, then copied to the device once
@@ -296,11 +265,8 @@ def run(args, argv, parser):
 # checkpoints: everything needed to evaluate the model, and to train on from it
 
 def snapshot(model, optimizer, epoch, history, config, device):
-    """The training state at the end of an epoch, copied to the CPU: about 100 KB.
-
-    The model's state_dict is made contiguous, so the weights load anywhere; the optimizer's
-    state keeps its memory layout, so a resumed run computes exactly what an unbroken one does.
-    """
+    """The training state at the end of an epoch, on the CPU: the weights made contiguous, so they
+    load anywhere; the optimizer's state in its own layout, so a resumed run computes the same."""
     evaluated = bool(history['val_epoch']) and history['val_epoch'][-1] == epoch
     return {
         'model': {k: v.contiguous() for k, v in cpu_copy(model.state_dict()).items()},
@@ -316,9 +282,7 @@ def snapshot(model, optimizer, epoch, history, config, device):
     }
 
 def save_checkpoint(path, state):
-    """torch.save a snapshot atomically: the file at path is the old checkpoint or the
-    complete new one, never half (mnist.write_atomic; a full disk raises one ValueError
-    that names path)."""
+    """torch.save a snapshot atomically: path holds the old checkpoint or the new one, never half."""
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 def cpu_copy(obj):
@@ -341,55 +305,48 @@ def rng_states(device):
         states['mps'] = torch.mps.get_rng_state()
     return states
 
-def set_rng_states(states, device):
-    torch.set_rng_state(states['cpu'])
+def restore(ckpt, model, optimizer, history, device):
+    """Load a snapshot into model, optimizer, the generators of rng_states and history; return its epoch."""
+    model.load_state_dict(ckpt['model'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    torch.set_rng_state(ckpt['rng']['cpu'])
     kind = torch.device(device).type
-    if kind == 'cuda' and 'cuda' in states:
-        torch.cuda.set_rng_state(states['cuda'], device)
-    elif kind == 'mps' and 'mps' in states:
-        torch.mps.set_rng_state(states['mps'])
+    if kind == 'cuda' and 'cuda' in ckpt['rng']:
+        torch.cuda.set_rng_state(ckpt['rng']['cuda'], device)
+    elif kind == 'mps' and 'mps' in ckpt['rng']:
+        torch.mps.set_rng_state(ckpt['rng']['mps'])
+    history.update({k: list(v) for k, v in ckpt['history'].items()})
+    return ckpt['epoch']
 
 def optimizer_name(optimizer):
-    """The optimizer and its settings as a checkpoint records them: 'Adam(betas=(0.9, 0.999), ...)'.
-    Not lr, a flag that --resume checks on its own; not foreach, fused, capturable and
-    differentiable, which choose an implementation, not the maths."""
+    """The optimizer and its settings, e.g. 'Adam(betas=(0.9, 0.999), ...)'; not lr, which --resume
+    checks on its own, nor foreach, fused, capturable, differentiable: the implementation, not the maths."""
     settings = {k: v for k, v in optimizer.defaults.items()
                 if k not in ('lr', 'foreach', 'fused', 'capturable', 'differentiable')}
     return f'{type(optimizer).__name__}({", ".join(f"{k}={v!r}" for k, v in settings.items())})'
 
-# a resumed run must train the same way as the run it continues: these settings change
-# what is learned, so they must match the checkpoint's (--epochs may differ: it only says
-# where to stop; --log-every, --device and --out-dir may differ too)
-MUST_MATCH = ('batch_size', 'lr', 'seed')
-
 def checkpoint_to_resume(path, args):
     """The checkpoint at path, checked to be one that this run can continue."""
     model, ckpt = load_classifier(path)  # a clear error for a missing, garbled or foreign file
-    if 'optimizer' not in ckpt or 'rng' not in ckpt:
-        raise ValueError(f'{path} holds weights but no optimizer state (it was written by an older '
-                         f'train.py), so it cannot be resumed. It still works for evaluation; train '
-                         f'from scratch without --resume (the old checkpoint is kept as classifier.prev.pt).')
-    missing = [k for k in ('epoch', 'history', 'config') if k not in ckpt]
+    missing = [k for k in ('optimizer', 'optimizer_name', 'rng', 'epoch', 'history', 'config') if k not in ckpt]
     if missing or not isinstance(ckpt['history'], dict) or not isinstance(ckpt['config'], dict):
         raise ValueError(f'{path}: cannot be resumed: its {", ".join(missing) or "history or config"} '
-                         f'{"is" if len(missing) < 2 else "are"} missing or not what train.py writes')
-    old = ckpt.get('config') or {}
-    diff = [f'--{k.replace("_", "-")} {old.get(k)} there, {getattr(args, k)} now'
-            for k in MUST_MATCH if old.get(k) != getattr(args, k)]
+                         f'{"is" if len(missing) < 2 else "are"} missing or not what train.py writes. It still '
+                         f'works for evaluation; train without --resume (it is kept as classifier.prev.pt).')
+    # these change what is learned, so they must match (--epochs only says where to stop)
+    diff = [f'--{k.replace("_", "-")} {ckpt["config"].get(k)} there, {getattr(args, k)} now'
+            for k in ('batch_size', 'lr', 'seed') if ckpt['config'].get(k) != getattr(args, k)]
     if diff:
-        raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}). '
-                         f'Resume with its settings (only --epochs may change), or train from '
-                         f'scratch in another --out-dir.')
-    # the optimizer: a checkpoint without its name was written by an older train.py, with Adam
-    now = optimizer_name(make_optimizer(model, args.lr))
-    then = ckpt.get('optimizer_name', 'Adam')
-    if not (now == then or then == 'Adam' and now.startswith('Adam(')):
-        raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer '
-                         f'in train.py now makes {now}. Resume with the same optimizer, or train from '
-                         f'scratch without --resume.')
+        raise ValueError(f'--resume: {path} was trained with other settings ({"; ".join(diff)}): only '
+                         f'--epochs may change; or train from scratch in another --out-dir.')
+    now, then = optimizer_name(make_optimizer(model, args.lr)), ckpt['optimizer_name']
+    if now != then:
+        raise ValueError(f'--resume: {path} was trained with the optimizer {then}, and make_optimizer in '
+                         f'train.py now makes {now}: resume with that one, or train without --resume.')
     if ckpt['epoch'] >= args.epochs:
         raise ValueError(f'--resume: {path} already holds epoch {ckpt["epoch"]}, and --epochs is '
                          f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
+    print(f'resuming {path} after epoch {ckpt["epoch"]}')
     return ckpt
 
 

@@ -133,7 +133,8 @@ def test_missing_or_wrong_checkpoint(tmp_path, capsys):
     r = run_script('--checkpoint', tmp_path / 'none.pt')  # a real `python inspect_activations.py`
     assert r.returncode == 1 and 'run python train.py first' in r.stderr
     assert 'Traceback' not in r.stderr
-    torch.save({'model': torch.nn.Linear(2, 2).state_dict()}, tmp_path / 'other.pt')
+    torch.save({'model': torch.nn.Linear(2, 2).state_dict(), 'architecture': Classifier().architecture()},
+               tmp_path / 'other.pt')
     with pytest.raises(SystemExit) as e:
         inspect_activations.main(['--checkpoint', str(tmp_path / 'other.pt')])
     assert e.value.code == 1 and 'do not fit model.Classifier' in capsys.readouterr().err
@@ -175,7 +176,7 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
     assert f'per digit: 0 {digit0:.1f}%' in stdout
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted([*(f'activations_level{k}.png' for k in range(len(model.levels()))),
-                              'c.pt', 'confusion.png', 'feature_histograms.png', 'mistakes.png'])
+                              'c.pt', 'feature_histograms.png', 'mistakes.png'])
 
 def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set):
     _, x, y = small_test_set

@@ -100,7 +100,7 @@ def test_summary_refuses_what_the_scripts_cannot_read():
     Swish.is_activation = True                                         # said so: skipped in "pre"
     model.summary()
     x = torch.rand(3, 1, 32, 32)
-    pre, post = model.eval().features(x), model.features(x, after_relu=True)
+    pre, post = model.eval().features(x, after_relu=False), model.features(x, after_relu=True)
     torch.testing.assert_close(pre, F.avg_pool2d(model.layers[:7](x), 4).flatten(1))
     assert not torch.equal(pre, post)
 
@@ -123,7 +123,7 @@ def test_blog_features_match_a_functional_computation(after_relu):
     x = torch.rand(7, 1, 32, 32)
     torch.testing.assert_close(model.features(x, after_relu=after_relu), reference_features(model, x, after_relu))
     # pre-ReLU features take negative values; post-ReLU ones never do
-    assert (model.features(x) < 0).any()
+    assert (model.features(x, after_relu=False) < 0).any()
     assert (model.features(x, after_relu=True) >= 0).all()
 
 def without_activations(model, conv, head):
@@ -160,7 +160,7 @@ def test_dropout_then_an_in_place_relu_leaves_pre_alone():
                                  nn.Linear(128, 10))
     model.eval()
     x = torch.rand(4, 1, 32, 32)
-    pre = model.features(x)
+    pre = model.features(x, after_relu=False)
     torch.testing.assert_close(pre, F.avg_pool2d(model.layers[:7](x), 4).flatten(1))
     assert (pre < 0).any()
 
@@ -169,7 +169,7 @@ def test_features_and_logits_in_training_mode(name):
     model = network(name)[0].train()
     x = torch.rand(6, 1, 32, 32)
     torch.manual_seed(1)
-    _, a = model.features_and_logits(x)
+    _, a = model.features_and_logits(x, after_relu=False)
     torch.manual_seed(1)
     torch.testing.assert_close(a, model(x))                          # dropout's mask and batch norm as model(x)
 
@@ -204,12 +204,12 @@ def test_load_classifier_refuses_another_network(tmp_path, capsys):
     assert message.startswith(f'{tmp_path / "other.pt"} was trained with another network than model.py builds now')
     assert ' was Tanh(), is ' in message or ' was ReLU(), is ' in message       # the checkpoint's, then model.py's
     assert message.endswith('python train.py trains the current one') and '\n' not in message
-    # the same network is accepted without a word; one without a record, with a note
+    # the same network is accepted without a word; weights without a record of their network, refused
     save_model(tmp_path / 'same.pt', Classifier(), epoch=2)
     assert load_classifier(tmp_path / 'same.pt')[1]['epoch'] == 2 and capsys.readouterr().err == ''
-    torch.save({'model': Classifier().state_dict(), 'epoch': 1}, tmp_path / 'old.pt')
-    load_classifier(tmp_path / 'old.pt')
-    assert 'does not record its network' in capsys.readouterr().err
+    torch.save({'model': Classifier().state_dict(), 'epoch': 1}, tmp_path / 'bare.pt')
+    with pytest.raises(ValueError, match='needs "model" and "architecture" entries'):
+        load_classifier(tmp_path / 'bare.pt')
 
 def test_network_diff_names_the_layers():
     from model import network_diff
@@ -247,14 +247,14 @@ def test_load_classifier_errors(tmp_path):
         load_classifier(garbage)
     assert str(garbage) in str(e.value)
     assert '\n' not in str(e.value)                                  # PyTorch's first line, not its paragraph
-    # weights of another architecture, without a record of it: a clear message, not a state_dict traceback
+    # weights that do not fit the network they claim: a clear message, not a state_dict traceback
     other = tmp_path / 'other.pt'
-    torch.save({'model': nn.Linear(3, 2).state_dict()}, other)
+    torch.save({'model': nn.Linear(3, 2).state_dict(), 'architecture': Classifier().architecture()}, other)
     with pytest.raises(ValueError, match='do not fit model.Classifier'):
         load_classifier(other)
     no_model = tmp_path / 'no_model.pt'
     torch.save({'weights': 1}, no_model)
-    with pytest.raises(ValueError, match='no "model" entry'):
+    with pytest.raises(ValueError, match='needs "model" and "architecture" entries'):
         load_classifier(no_model)
 
 def test_load_classifier_checks_every_field(tmp_path):
@@ -263,8 +263,8 @@ def test_load_classifier_checks_every_field(tmp_path):
     first, second = list(good)[:2]                                    # e.g. layers.0.weight, layers.0.bias
     nan = {**good, first: good[first].clone().fill_(float('nan'))}
     arch = model.architecture()
-    cases = [({'model': [1, 2]}, '"model" must be a dict of tensors'),
-             ({'model': {**good, second: 3}}, '"model" must be a dict of tensors'),
+    cases = [({'model': [1, 2], 'architecture': arch}, '"model" must be a dict of tensors'),
+             ({'model': {**good, second: 3}, 'architecture': arch}, '"model" must be a dict of tensors'),
              ({'model': nan, 'architecture': arch}, rf"the weights \['{first}'\] hold NaN"),
              ({'model': good, 'architecture': arch, 'epoch': 'ten'}, '"epoch" must be a whole number'),
              ({'model': good, 'architecture': arch, 'epoch': -1}, '"epoch" must be a whole number'),
