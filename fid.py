@@ -6,39 +6,30 @@ metrics that tell *what kind* of failure a set of samples has.
     python fid.py                        # the reference table: what each metric sees
     python fid.py samples.npy            # the report card of generated digits vs the training set
     python fid.py samples/               # the same for a folder of PNG images
-    python fid.py a.npy b.pt             # two sets of images (b plays the real side)
-    python fid.py samples.npy --save-stats samples.npz   # keep (mu, sigma) for FID later
+    python fid.py samples.npy --save-stats samples.npz   # also keep their mu and sigma
 
     from fid import score
-    r = score(samples, checkpoint='out/classifier.pt')   # the same dict as the command's card
+    r = score(samples, checkpoint='out/classifier.pt')   # the same numbers as the command's card
 
-The metrics, each with its paper and formula in its function's docstring:
-- FID (Heusel et al. 2017): the distance between Gaussians fitted to the features;
-- KID (Bińkowski et al. 2018): an unbiased kernel distance, 0 for one distribution at any N;
-- precision and recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al.
-  2020): how much of the samples lies on the real digits' manifold, and how much of it
-  they cover, from k-nearest-neighbour balls;
-- copies: the share of samples that copy a training digit, on the pixels (copies());
-- the digits: which digits the classifier sees, their mix, its confidence and its score.
+The metrics, each with its paper and formula in its docstring: FID (Heusel et al. 2017),
+KID (Bińkowski et al. 2018), precision and recall (Kynkäänniemi et al. 2019), density and
+coverage (Naeem et al. 2020), copies of the training set (on the pixels), and the digits
+the classifier sees.
 
-Which features, and why (the one place that says it). Every metric but copies works on
-what the classifier sees: its feature vector (model.py; 128 numbers for the blog's network)
-and its digit probabilities. The blog's "Evaluation" section histograms the last
-convolution's output *before* its ReLU ("pre"), because the Fréchet distance assumes
-roughly normal features and the ReLU clips the negative half away; model.features(x)
-gives those by default, and inspect_activations.py draws them. The yardstick here uses
-the same output *after* the ReLU ("post", --features post, the input of the linear
-layer) by default: that is what the series' final post describes, its numbers land on
-that post's scale (validation vs train: 0.28 here, 0.30 there), and they vary less from
-one trained classifier to the next than the pre-ReLU features, which are about 10x larger
-and give 30-100x larger FIDs. --features pre scores with the blog's choice.
+Which features, and why (the one place that says it). Every metric but copies works on the
+classifier's feature vector: the last convolution's output, pooled and flattened (128
+numbers for the blog's network; model.py). The blog's "Evaluation" section histograms it
+*before* the ReLU ("pre"), because the Fréchet distance assumes roughly normal features and
+the ReLU clips the negative half away. The yardstick here scores *after* the ReLU ("post",
+the input of the linear layer) by default: the series' final post does, its numbers land on
+that post's scale (validation vs train: 0.28 here, 0.30 there), and they vary less from one
+trained classifier to the next (the pre features are about 10x larger and give 30-100x
+larger FIDs). --features pre scores with the blog's choice.
 
 The same images score differently under different classifiers, so every report names its
 yardstick: the classifier (the first 12 hex digits of its checkpoint's SHA-256), the
-features and N on each side; statistics files carry the same, and are only compared with
-statistics of the same yardstick. Statistics files are .npz with `mu` and `sigma`, as in
-pytorch-fid (mseitzer/pytorch-fid). Images come in through load_images (a .npy or .pt
-file, or a folder of PNGs), checked and shaped by to_model_input.
+features and N on each side; --save-stats files (mu and sigma, as pytorch-fid's .npz) carry
+it too. Compare numbers only under one yardstick.
 """
 
 import argparse
@@ -51,8 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist import (SHA256, cached, check_writable, load_mnist, load_npz, pad, plot_tiles, read_file, reason,
-                   save_npz, seed_arg)
+from mnist import SHA256, cached, check_writable, load_mnist, pad, plot_tiles, read_file, reason, save_npz, seed_arg
 from model import classifier_id, get_device, load_classifier
 
 # -----------------------------------------------------------------------------
@@ -61,14 +51,11 @@ from model import classifier_id, get_device, load_classifier
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images
-    x (N, 1, 32, 32) on any device; batches go to the model's device one at a time, and
-    their results into arrays made once (many small pieces would fragment the memory)."""
+    x (N, 1, 32, 32) on any device, sent to the model's device a batch at a time."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # on the CPU, the convolutions are faster with the channels stored last (each pixel's
-    # channels side by side in memory); the results agree to float32 rounding, and the
-    # model is put back after
+    # on the CPU, convolutions are faster with each pixel's channels side by side in memory
     fast = device.type == 'cpu'
     if fast:
         model.to(memory_format=torch.channels_last)
@@ -98,13 +85,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (Heusel et al.
     2017, arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
     Biased upwards for small sets: compare numbers at the same N (the series uses 10,000).
-
-    tr(sqrt(sigma1 sigma2)) comes from a symmetric eigenproblem: sigma1 sigma2 has the same
-    eigenvalues as the symmetric positive semi-definite matrix sqrt(sigma1) sigma2
-    sqrt(sigma1), so its trace-root is the sum of the square roots of those eigenvalues
-    (clamped at zero against rounding). Unlike a general matrix square root (scipy's sqrtm,
-    which pytorch-fid uses) this never returns NaN or a complex number, also for singular
-    covariances, such as those from fewer images than features.
+    sigma1 sigma2 has the eigenvalues of the symmetric PSD sqrt(sigma1) sigma2 sqrt(sigma1),
+    so tr(sqrt(sigma1 sigma2)) is the sum of their square roots: unlike a general matrix
+    square root (scipy's sqrtm, in pytorch-fid) never NaN or complex, also for singular sigmas.
     """
     mu1, sigma1 = check_gaussian(mu1, sigma1, 'mu1', 'sigma1')
     mu2, sigma2 = check_gaussian(mu2, sigma2, 'mu2', 'sigma2')
@@ -125,10 +108,9 @@ KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10  # per digit, fewer subsets: ten KIDs must fit the time budget
 
 def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3
-    (Bińkowski et al. 2018, "Demystifying MMD GANs", arXiv:1801.01401):
-    the mean of k over pairs i != j within x, plus the same within y, minus twice the mean
-    of k over all pairs across. Computed in the dtype of x and y."""
+    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3 (Bińkowski
+    et al. 2018, arXiv:1801.01401): the mean of k over pairs i != j within x, plus the same
+    within y, minus twice the mean of k over all pairs across."""
     d, m, n = x.shape[1], len(x), len(y)
     k = lambda a, b: (a @ b.T).div_(d).add_(1).pow_(3)                # (len(a), len(b))
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
@@ -137,10 +119,8 @@ def mmd2_unbiased(x, y):
 
 def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
     """KID of features f1 (N1, D) and f2 (N2, D): (mean, standard deviation, subset size m)
-    of mmd2_unbiased over `subsets` random subsets of m = min(subset_size, N1, N2) rows
-    from each side, drawn without replacement from a generator seeded with `seed`. In
-    float64: the kernel sums are large next to their difference (float32 is not enough for
-    the pre-ReLU features, whose kernel values reach 1e10)."""
+    of mmd2_unbiased over `subsets` seeded random subsets of m = min(subset_size, N1, N2)
+    rows a side. In float64: the pre features' kernel values reach 1e10, too much for float32."""
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ValueError(f'KID needs at least 2 images on each side, got {len(f1)} and {len(f2)}')
@@ -163,11 +143,7 @@ def squared_distances(a, b):
 
 def knn_radii2(f, k=PRECISION_K, block=500):
     """Squared distance from each row of f (N, D) to its k-th nearest other row: (N,). With
-    k a tuple, one column per k, (N, len(k)), from a single pass.
-
-    Here and in manifold_metrics the rows go in blocks of 500: each (500, 10,000) float32
-    temporary then stays under the 32 MB above which glibc hands freed memory back to the
-    system, to be paid for again, page by page, by the next block."""
+    k a tuple, one column per k, (N, len(k)), from a single pass over blocks of rows."""
     largest, columns = (max(k), list(k)) if isinstance(k, tuple) else (k, k)
     out = []
     for i in range(0, len(f), block):
@@ -178,18 +154,13 @@ def knn_radii2(f, k=PRECISION_K, block=500):
 
 def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500):
     """Precision, recall, density and coverage of features f_gen (N, D) against f_real (M, D),
-    from the real rows' k-NN balls: the ball around a point reaches to its k-th nearest
-    neighbour in its own set (radii2_*: those squared radii, when already known).
-
+    from k-NN balls: a point's ball reaches to its k-th nearest neighbour in its own set
+    (radii2_*: the real balls' squared radii, when already known).
     - precision and recall (Kynkäänniemi et al. 2019, k = PRECISION_K): the share of generated
-      rows inside the union of the real balls (quality), and of real rows inside the union
-      of the generated balls (coverage of the real variety).
-    - density and coverage (Naeem et al. 2020, arXiv:2002.09797, k = DENSITY_K): density =
-      1/(k N) sum_j sum_i 1[gen_j in ball_i], how many real balls hold a sample, on average,
-      over k (about 1 for samples of the real distribution; an outlier real point's big ball
-      can't inflate it as it inflates precision); coverage = the share of real balls that
-      hold at least one sample (only real balls, so a generated outlier can't inflate it).
-    One pass over blocks of generated rows, so memory stays at block x M.
+      rows inside the real balls (quality), and of real rows inside the generated balls (variety).
+    - density and coverage (Naeem et al. 2020, k = DENSITY_K): density = 1/(k N) sum_j sum_i
+      1[gen_j in ball_i], about 1 for real samples; coverage = the share of real balls that
+      hold a sample. Both use only real balls, so outliers can't inflate them.
     """
     if min(len(f_gen), len(f_real)) < DENSITY_K + 1:
         raise ValueError(f'precision, recall, density and coverage need at least k + 1 = {DENSITY_K + 1} '
@@ -240,10 +211,7 @@ COPY_RATE = 0.01        # the share of the test digits that count as copies, by 
 
 def recentre(x):
     """Move each image x (N, 32, 32) by whole pixels so that its centre of mass lands on
-    pixel (16, 16), counted from 0. MNIST's makers centred every digit by its centre of mass
-    (LeCun et al., the MNIST page), which puts it there in our padded 32x32 frame; a copy
-    moved by a few pixels is moved back exactly, and the rounding to whole pixels happens
-    half a pixel away from where MNIST's digits sit, out of reach of a little noise."""
+    pixel (16, 16), where MNIST's makers centred every digit: a shifted copy is moved back."""
     N, H, W = x.shape
     r = torch.arange(H, dtype=x.dtype)                                # (32,) pixel coordinates
     mass = x.sum((1, 2)).clamp(min=1e-12)                             # (N,) 0 for a blank image
@@ -258,21 +226,16 @@ def recentre(x):
 def nearest_two(x, copy_ref, block=250, chunk=4096):
     """For images x (N, 1, 32, 32): the distance ratio d1 / d2 (N,) of each image's nearest and
     second-nearest re-centred training digit, d1 (N,) and the index j (N,) of the nearest.
-
-    All 60,000 x N distances on 1,024 pixels would take seconds, so a coarse search on the
-    COPY_DIMS principal components finds the COPY_CANDIDATES nearest candidates of each image
-    (a distance on a projection is never more than the true one, so a copy's original is
-    found first), and the exact distances are computed for those alone, in blocks of 250
-    images."""
+    A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (a
+    projection never lengthens a distance, so a copy's original is among them), then the
+    exact distances on all pixels pick among those."""
     z, zz = copy_ref['z'], (copy_ref['z'] ** 2).sum(1)                # (M, D), (M,)
     K = min(COPY_CANDIDATES, len(z))
     ratio, d1, j = torch.empty(len(x)), torch.empty(len(x)), torch.empty(len(x), dtype=torch.long)   # (N,) each
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
         zb = (xb - copy_ref['mean']) @ copy_ref['axes']               # (B, D)
-        # the coarse search runs over the training digits in chunks of 4,096, whose distances
-        # (B x 4,096, 4 MB) stay in the processor's cache: the K nearest of each chunk, then
-        # the K nearest of those
+        # the coarse search, chunk by chunk of training digits: the K nearest of each, then of all
         vals, idx = [], []
         for m in range(0, len(z), chunk):
             coarse = torch.addmm(zz[None, m:m + chunk], zb, z[m:m + chunk].T, alpha=-2)   # (B, chunk) |zb - z|^2 - |zb|^2
@@ -304,34 +267,28 @@ def copy_reference(x_train, x_val):
 def copies(x, copy_ref):
     """The share of images x (N, 1, 32, 32) that copy a training digit, and per image the
     distance ratio, the distance to the nearest training digit and that digit's index.
-
-    A copy has one training digit very close and then only ordinary ones: the ratio of the
-    distances to the nearest and the second-nearest training digit is small. This is Lowe's
-    ratio test (2004, for matching SIFT features) and close to the authenticity of Alaa et
-    al. 2022 (arXiv:2102.08921), where a sample is inauthentic when it is nearer its nearest
-    real point than that point's own nearest real neighbour. Meehan et al. 2020
-    (arXiv:2004.05675) and Stein et al. 2023 (NeurIPS, "Exposing flaws of generative model
-    evaluation metrics") work in a network's features; we work on the pixels, re-centred
-    (recentre()), because the classifier's features do not see a copy: a copy moved by one
-    pixel is no nearer its original in features than a new digit is. Calibrated so that the
-    10,000 test digits, new digits of the training distribution, score COPY_RATE = 1%.
+    A copy has one training digit very close and then only ordinary ones, so the ratio of its
+    distances to the nearest and second-nearest training digit is small: Lowe's ratio test
+    (2004), close to the authenticity of Alaa et al. 2022 (arXiv:2102.08921). On re-centred
+    pixels, not features: the features don't see a copy moved by one pixel. Calibrated so
+    that the test digits, new digits, score COPY_RATE = 1%.
     """
     ratio, d1, j = nearest_two(x, copy_ref)
     return (ratio <= copy_ref['tau']).double().mean().item(), {'copy_ratio': ratio, 'copy_distance': d1,
                                                             'nearest_train': j}
 
 # -----------------------------------------------------------------------------
-# the report card: the real side, the scores, the printout
+# the report card: the real side (reference; train_reference in the caches below), the
+# scores (report; score in one call) and the printout (print_report)
 
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}   # its final post's
 
 def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None):
-    """Everything a report compares with, from the real side's features f (M, D) and
-    predicted digits (M,): their statistics, and the fixed random subset of at most MANIFOLD_N
-    rows (seeded) with its squared k-NN radii for precision and recall (k = PRECISION_K) and for
-    density and coverage (k = DENSITY_K). Parts already known (from a cache) are passed in."""
+    """The real side a report compares with, from its features f (M, D) and predicted digits
+    (M,): their statistics, and a seeded random subset of at most MANIFOLD_N rows with its
+    squared k-NN radii (k = PRECISION_K, DENSITY_K). Parts already known (cached) are passed in."""
     if mu is None:
         mu, sigma = mean_cov(f)
     pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]
@@ -344,21 +301,15 @@ def report_from_features(f, probs, ref, seed=0):
     """Every metric of generated features f (N, D) and probabilities (N, 10) against a
     reference(); returns a dict, with 'warnings' for numbers from too few images."""
     N, M = len(f), len(ref['f'])
-    r = {'n': N, 'n_real': M, 'warnings': [], 'timing': {}}
-    t = time.perf_counter()
-    def timed(name):  # the seconds each part took since the last call, for the printout
-        nonlocal t
-        r['timing'][name], t = time.perf_counter() - t, time.perf_counter()
+    r = {'n': N, 'n_real': M, 'warnings': []}
     if N < f.shape[1]:
         r['warnings'].append(f'only {N} images, fewer than the {f.shape[1]} features: the covariance is '
                              f'rank-deficient and the FID biased upwards; compare FIDs at {REFERENCE_N:,}')
     r['mu'], r['sigma'] = mean_cov(f)                                 # (D,), (D, D): for --save-stats too
     r['fid'] = frechet_distance(r['mu'], r['sigma'], ref['mu'], ref['sigma'])
-    timed('FID')
     r['kid'], r['kid_std'], r['kid_subset'] = kernel_inception_distance(f, ref['f'], seed=seed)
     if r['kid_subset'] < KID_SUBSET_SIZE:
         r['warnings'].append(f'KID on subsets of {r["kid_subset"]}, not {KID_SUBSET_SIZE}: noisier')
-    timed('KID')
     # precision, recall, density and coverage on at most MANIFOLD_N samples a side: the k-NN
     # radii shrink as a set grows, so the numbers compare only at the same N
     f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]]
@@ -369,7 +320,6 @@ def report_from_features(f, probs, ref, seed=0):
     else:
         r.update(dict.fromkeys(keys, float('nan')))
         r['warnings'].append(f'precision, recall, density and coverage need at least {DENSITY_K + 1} images on each side')
-    timed('precision/recall/density/coverage')
     # the digits: which ones, how sure, and KID within each digit
     pred = probs.argmax(1)                                            # (N,) the predicted digits
     shares, real_shares = digit_shares(pred), digit_shares(ref['pred'])  # (10,), (10,)
@@ -385,41 +335,30 @@ def report_from_features(f, probs, ref, seed=0):
         r['digits'].append({'digit': d, 'n': len(fg), 'share': shares[d].item(), 'real_share': real_shares[d].item(),
                             'confidence': probs[pred == d].max(1).values.double().mean().item() if len(fg) else float('nan'),
                             'kid': kid})
-    timed('digits')
     return r
 
 def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None, checked=False):
-    """The report card of generated images x (any shape to_model_input accepts) against a
-    reference() of real images (train_reference() for the training set), and, with the
-    training set's copy_reference() copy_ref, the share of copies: a dict with every metric,
-    the per-sample predictions and copy distances ('per_sample'), and the yardstick.
-    checked=True: x is already (N, 1, 32, 32) and checked (load_images' output, or the
-    reference table's rows, whose unclipped noise to_model_input would refuse)."""
+    """The report card of images x (any shape to_model_input takes) against a reference() of
+    real images, with copies when copy_ref (the training set's copy_reference()) is given: a
+    dict of every metric, per-sample results ('per_sample') and the yardstick. checked=True:
+    x is already (N, 1, 32, 32) and checked (load_images' output, the reference table's rows)."""
     t0 = time.perf_counter()
     x = x if checked else to_model_input(x, 'the generated images')   # (N, 1, 32, 32)
     f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
     r = report_from_features(f, probs, ref, seed)
     r['copies'], r['copy_tau'] = None, None
     if copy_ref is not None:
-        t = time.perf_counter()
         r['copies'], per_sample = copies(x, copy_ref)
         r['per_sample'].update(per_sample)
-        r['copy_tau'], r['timing']['copies'] = copy_ref['tau'], time.perf_counter() - t
-    r.update(classifier=classifier, features='post' if after_relu else 'pre',
-             seconds=time.perf_counter() - t0)
+        r['copy_tau'] = copy_ref['tau']
+    r.update(classifier=classifier, features='post' if after_relu else 'pre', seconds=time.perf_counter() - t0)
     return r
 
 def score(images, checkpoint='out/classifier.pt', features='post', data_dir='data', out_dir='out',
           device='auto', seed=0, batch_size=1000):
-    """The report card of generated digits against the 60,000 training digits, in one call:
-
-        from fid import score
-        r = score(samples, checkpoint='out/classifier.pt')   # numpy or torch, as the CLI takes
-        r['fid'], r['copies'], r['digits_present'], r['classifier']
-
-    Loads the classifier, uses (or builds, the first time) the cached training reference
-    and copy reference in out_dir, and returns report()'s dict: the same numbers as
-    `python fid.py samples.npy` with the same flags."""
+    """The report card of generated digits (numpy or torch) against the 60,000 training
+    digits, in one call: report()'s dict, the same numbers as `python fid.py samples.npy`.
+    The training side is cached in out_dir (built the first time)."""
     model, _ = load_classifier(checkpoint, get_device(device))
     after_relu = {'post': True, 'pre': False}[features]
     ref = train_reference(model, checkpoint, data_dir, out_dir, after_relu, seed, batch_size)
@@ -458,35 +397,7 @@ def print_report(r, name, real_name):
         print(f'warning: {w}', file=sys.stderr)
 
 # -----------------------------------------------------------------------------
-# the reference table of `python fid.py`: what each metric sees
-
-def corrupt(x, sigma, g):
-    """Add N(0, sigma^2) noise to the 28x28 digit inside each 32x32 image, clip to [0, 1]."""
-    x = x.clone()
-    x[..., 2:30, 2:30] = (x[..., 2:30, 2:30] + sigma * torch.randn(x[..., 2:30, 2:30].shape, generator=g)).clamp(0, 1)
-    return x
-
-def blur(x):
-    """A 3x3 box filter over each image (N, 1, 32, 32): the soft strokes of a weak decoder."""
-    return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
-
-def plot_corruption(x, sigmas, path, g):
-    """Example digits (rows) with more and more noise (columns)."""
-    tiles = torch.stack([corrupt(x, s, g)[:, 0] for s in [0.0, *sigmas]], 1)   # (n, 1 + len(sigmas), 32, 32)
-    plot_tiles(tiles, path, col_labels=[f'sigma {s:g}' for s in [0.0, *sigmas]], inches=1.0)
-
-def plot_digits(x, pred, confidence, path, per_digit=10):
-    """Samples sorted by predicted digit: a row per digit (its first per_digit samples), and
-    a last row with the per_digit least confident samples, labelled 'digit probability'."""
-    tiles = np.full((11, per_digit, 32, 32), np.nan)                  # NaN: no sample, drawn white
-    for d in range(10):
-        idx = torch.nonzero(pred == d).flatten()[:per_digit]
-        tiles[d, :len(idx)] = x[idx, 0].numpy()
-    least = confidence.argsort()[:per_digit]
-    tiles[10, :len(least)] = x[least, 0].numpy()
-    labels = [[''] * per_digit for _ in range(10)] + [[f'{pred[i]} {confidence[i]:.2f}' for i in least.tolist()]]
-    plot_tiles(tiles, path, 'samples by predicted digit; last row: the least confident',
-               row_labels=[str(d) for d in range(10)] + ['unsure'], tile_labels=labels)
+# the report card's figure: the most copy-like samples beside their originals
 
 def plot_copies(x, r, copy_ref, path, n=24, per_row=4):
     """The n most copy-like samples (smallest distance ratio first), each re-centred beside
@@ -505,10 +416,22 @@ def plot_copies(x, r, copy_ref, path, n=24, per_row=4):
                col_labels=['sample', 'train'] * per_row,
                tile_labels=[sum(labels[k * per_row:(k + 1) * per_row], []) for k in range(rows)], inches=0.9)
 
-def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifier,
-                    sizes=(50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)):
-    """Print the report of known sets of images against the training set, one row each;
-    draw what the noise looks like; measure the small-sample bias of FID and KID."""
+# -----------------------------------------------------------------------------
+# the reference table of `python fid.py`: what each metric sees
+
+def corrupt(x, sigma, g):
+    """Add N(0, sigma^2) noise to the 28x28 digit inside each 32x32 image, clip to [0, 1]."""
+    x = x.clone()
+    x[..., 2:30, 2:30] = (x[..., 2:30, 2:30] + sigma * torch.randn(x[..., 2:30, 2:30].shape, generator=g)).clamp(0, 1)
+    return x
+
+def blur(x):
+    """A 3x3 box filter over each image (N, 1, 32, 32): the soft strokes of a weak decoder."""
+    return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+
+def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifier):
+    """Print the report of sets of images whose failure we know against the training set,
+    one row each, so that a reader sees what each metric responds to."""
     g = torch.Generator().manual_seed(args.seed)
     after_relu = args.features == 'post'
     # pure noise with the mean and standard deviation of the training digits' pixels
@@ -537,22 +460,6 @@ def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifie
         print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
               f'{r["recall"]:.3f} | {r["density"]:.3f} | {r["coverage"]:.3f} | {r["copies"]:.1%} | '
               f'{r["classifier_score"]:.2f} | {r["digits_present"]} | {r["digit_kl"]:.3f} |', flush=True)
-    path = Path(args.out_dir) / 'mnist_corruption.png'
-    plot_corruption(x_val[:6], [0.05, 0.1, 0.2, 0.5, 1.0], path, g)
-    print(f'wrote {path}')
-    # two disjoint random sets of N training digits come from one distribution: all of their
-    # FID is small-sample bias, while KID averages 0 at every N. Several disjoint pairs
-    # per N (up to 10) show the spread; KID on 10 subsets per pair, for time
-    print('\nsmall-sample bias: disjoint random pairs of sets of N training digits (the true distance is 0)')
-    print('|      N | pairs | FID (mean over pairs) | KID (mean +- std over pairs) |\n|---|---|---|---|')
-    perm = torch.randperm(len(ref['f']), generator=g)
-    for n in [n for n in sizes if 2 * n <= len(ref['f'])]:
-        fids, kids = [], []
-        for i in range(min(10, len(ref['f']) // (2 * n))):
-            a, b = ref['f'][perm[2 * i * n:(2 * i + 1) * n]], ref['f'][perm[(2 * i + 1) * n:(2 * i + 2) * n]]
-            fids.append(frechet_distance(*mean_cov(a), *mean_cov(b)))
-            kids.append(kernel_inception_distance(a, b, subsets=10, seed=args.seed)[0])
-        print(f'| {n:6d} | {len(fids):5d} | {np.mean(fids):8.3f} | {np.mean(kids):10.4g} +- {np.std(kids):.4g} |')
     print(f'\nyardstick: classifier {classifier} | features {args.features} ({len(ref["mu"])}) | N as in each row vs '
           f'{len(ref["f"]):,} training images')
     return results
@@ -564,13 +471,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description='A report card for generated MNIST digits: FID, KID, '
                                      'precision, recall and the digits, with our classifier.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('inputs', nargs='*', metavar='INPUT',
-                        help='none: the reference table; one: its report against the training set; two: '
-                             'the first against the second. Images as .npy, .pt or a folder of PNGs, '
-                             'or statistics as .npz (FID only)')
+    parser.add_argument('images', nargs='?', metavar='IMAGES',
+                        help='generated digits (.npy, .pt or a folder of PNGs) to score against the training '
+                             'set; without it, the reference table')
     parser.add_argument('--features', choices=['pre', 'post'], default='post',
                         help="the features after the last ReLU (the series' scale) or before it (the blog's)")
-    parser.add_argument('--save-stats', metavar='NPZ', help='also write the statistics of the one input to this .npz')
+    parser.add_argument('--save-stats', metavar='NPZ', help='also write mu and sigma of the images to this .npz')
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='checkpoint written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the four MNIST IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the cached training features and the figures')
@@ -578,10 +484,12 @@ def main(argv=None):
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the random subsets and the noise')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     args = parser.parse_args(argv)
-    if len(args.inputs) > 2:
-        parser.error(f'give at most two inputs, got {len(args.inputs)}')
-    if args.save_stats and len(args.inputs) != 1:
-        parser.error('--save-stats needs exactly one input')
+    if args.save_stats and not args.images:
+        parser.error('--save-stats needs images')
+    if args.save_stats and Path(args.save_stats).resolve() == Path(args.images).resolve():
+        parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
+    if args.save_stats and Path(args.save_stats).suffix != '.npz':
+        parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
     try:
@@ -589,60 +497,28 @@ def main(argv=None):
     except ValueError as e:
         parser.error(str(e))
     after_relu = args.features == 'post'
-
-    inputs = [Path(p).resolve() for p in args.inputs]
-    if args.save_stats and Path(args.save_stats).resolve() in inputs:
-        parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
-    if args.save_stats and Path(args.save_stats).suffix != '.npz':
-        parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
-
+    print(vars(args))
     try:
         for folder in {Path(args.out_dir), *([Path(args.save_stats).parent] if args.save_stats else [])}:
             check_writable(folder)                                    # before any work
         model, _ = load_classifier(args.checkpoint, args.device)    # refused if model.py changed since
         cid = classifier_id(args.checkpoint)
         print(f'classifier {cid} ({args.checkpoint}): {model.summary()}')
-        train_ref = lambda: train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu,
-                                            args.seed, args.batch_size)
-        copy_ref = lambda: train_copy_reference(args.data_dir, args.out_dir)
-        if not args.inputs:
-            print(vars(args))
+        x = load_images(args.images) if args.images else None        # (N, 1, 32, 32), checked first
+        ref = train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu, args.seed,
+                              args.batch_size)
+        copy_ref = train_copy_reference(args.data_dir, args.out_dir)
+        if x is None:
             x_train, _, x_val, y_val = load_mnist(args.data_dir)
-            reference_table(model, train_ref(), copy_ref(), x_train[:, None], x_val[:, None], y_val, args, cid)
+            reference_table(model, ref, copy_ref, x_train[:, None], x_val[:, None], y_val, args, cid)
             return
-        if any(Path(p).suffix == '.npz' for p in args.inputs):
-            # statistics files: the Gaussians are all there is, so FID alone
-            if args.save_stats:
-                raise ValueError('--save-stats needs images, not a statistics file')
-            stats = [load_stats(p, cid, args.features)[:2] if Path(p).suffix == '.npz'
-                     else mean_cov(embed(model, load_images(p), after_relu, args.batch_size)[0])
-                     for p in args.inputs]
-            if len(stats) == 1:
-                ref = train_ref()
-                stats.append((ref['mu'], ref['sigma']))
-            print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} (the other metrics need images, not statistics)')
-            print(f'yardstick: classifier {cid} | features {args.features} ({len(stats[0][0])})')
-            return
-        # images: the full report card, against the training set (as score() computes it) or
-        # against a second set of images (no copies then: those are copies of the training set)
-        x = load_images(args.inputs[0])                               # (N, 1, 32, 32)
-        if len(args.inputs) == 2:
-            f_real, p_real = embed(model, load_images(args.inputs[1]), after_relu, args.batch_size)
-            ref, copy_ref, real_name = reference(f_real, p_real.argmax(1), args.seed), None, args.inputs[1]
-        else:
-            ref, copy_ref, real_name = train_ref(), copy_ref(), 'MNIST train'
-        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref, checked=True)  # by load_images
-        print_report(r, args.inputs[0], real_name)
-        print(f'scored in {r["seconds"]:.2f} s on {args.device} ('
-              + ', '.join(f'{k} {v:.2f} s' for k, v in r['timing'].items()) + ')')
-        stem = Path(args.inputs[0]).stem or 'samples'
-        path = Path(args.out_dir) / f'{stem}_digits.png'
-        plot_digits(x, r['per_sample']['pred'], r['per_sample']['confidence'], path)
+        # the report card against the training set, as score() computes it
+        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref, checked=True)
+        print_report(r, args.images, 'MNIST train')
+        print(f'scored in {r["seconds"]:.2f} s on {args.device} ({r["n"] / r["seconds"]:,.0f} images/s)')
+        path = Path(args.out_dir) / f'{Path(args.images).stem or "samples"}_copies.png'
+        plot_copies(x, r, copy_ref, path)
         print(f'wrote {path}')
-        if copy_ref is not None:
-            path = Path(args.out_dir) / f'{stem}_copies.png'
-            plot_copies(x, r, copy_ref, path)
-            print(f'wrote {path}')
         if args.save_stats:
             replaced = Path(args.save_stats).exists()
             save_npz(args.save_stats, mu=r['mu'], sigma=r['sigma'], classifier=cid, features=args.features, n=r['n'])
@@ -658,8 +534,7 @@ def main(argv=None):
 
 def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
     """mu (D,) and sigma (D, D) as float64 arrays, checked to describe a normal distribution:
-    finite, sigma symmetric and positive semi-definite (up to rounding); else one ValueError
-    that uses the names given (a file's, for a statistics file)."""
+    finite, sigma symmetric and positive semi-definite (up to rounding); else one ValueError."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     d = mu.shape[0] if mu.ndim == 1 else -1
     for name, a, shape in ((mu_name, mu, (d,)), (sigma_name, sigma, (d, d))):
@@ -681,13 +556,8 @@ def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
 
 def to_model_input(x, name):
     """Check generated digits and shape them as the classifier expects: (N, 1, 32, 32) float32.
-
-    Accepts (N, 28, 28) or (N, 32, 32) images, with a channel of 1 first (N, 1, H, W) or
-    last (N, H, W, 1), or flattened (N, 784) / (N, 1024); floats in [0, 1] (within 1e-6:
-    rounding in a generator is clipped) or uint8 0-255. Anything else gets one ValueError
-    that names the input and says what was expected. Float32 32x32 images within [0, 1]
-    come back as they are, sharing their memory (no copy); the others in a new array.
-    """
+    Takes the shapes below, floats in [0, 1] (within 1e-6: clipped) or uint8 0-255; anything
+    else gets one ValueError that names the input and says what was expected."""
     if isinstance(x, np.ndarray) and x.dtype.kind not in 'uf':       # strings, dates, records, objects
         raise ValueError(f'{name}: expected images of numbers (uint8 or float), got numpy dtype {x.dtype}')
     if torch.is_tensor(x) and x.layout != torch.strided:
@@ -702,10 +572,8 @@ def to_model_input(x, name):
         x = x[..., 0]                                                 # channels last
     if x.ndim != 3 or tuple(x.shape[1:]) not in ((28, 28), (32, 32)):
         raise ValueError(f'{name}: expected grayscale images of shape {shapes}, got {tuple(x.shape)}')
-    lo = hi = None                                                    # the range of float images
     if x.is_floating_point():
-        # min and max need no memory and are NaN when any value is (torch.isfinite(x) would
-        # make a 400 MB temporary at 100,000 images)
+        # min and max are NaN when any value is, and need no temporary as large as x
         lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f'{name}: {int((~torch.isfinite(x)).sum())} values are NaN or infinite')
@@ -718,12 +586,10 @@ def to_model_input(x, name):
         raise ValueError(f'{name}: expected float images in [0, 1] or uint8 in 0-255, got {x.dtype}')
     if len(x) < 2:
         raise ValueError(f'{name}: the metrics need at least 2 images, got {len(x)}')
-    # images already in the classifier's form, float32 32x32 within [0, 1] (as load_images
-    # returns them), are used as they are: a second copy of 100,000 images costs 400 MB
+    # images already in the classifier's form are used as they are, not copied
     if x.dtype == torch.float32 and x.shape[1] == 32 and lo >= 0 and hi <= 1:
         return x[:, None]                                             # (N, 1, 32, 32), shares x's memory
-    # else into one float32 array made once (no copies of 100,000 images on the way); 28x28
-    # digits get the 2-pixel border of zeros that mnist.py gives MNIST
+    # else into one new float32 array; 28x28 digits get mnist.py's 2-pixel border of zeros
     out = torch.zeros(len(x), 1, 32, 32)                              # (N, 1, 32, 32)
     o = (32 - x.shape[1]) // 2                                        # 2 for 28x28, 0 for 32x32
     out[:, 0, o:32 - o, o:32 - o] = x
@@ -743,12 +609,9 @@ def read_png_folder(folder):
         except Exception as e:
             raise ValueError(f'{p}: not a readable PNG image ({reason(e)})') from None
         if a.ndim == 3:                   # (H, W, C): gray + alpha (2), RGB (3) or RGBA (4)
-            n_colour = 1 if a.shape[2] == 2 else 3
-            colour, alpha = a[..., :n_colour], a[..., n_colour:]      # alpha (H, W, 0 or 1)
-            if (alpha < 1).any():
-                raise ValueError(f'{p}: the image has transparent pixels; expected opaque grayscale digits')
-            if (colour != colour[..., :1]).any():
-                raise ValueError(f'{p}: a colour image; expected grayscale digits (or RGB with equal channels)')
+            colour, alpha = np.split(a, [1 if a.shape[2] == 2 else 3], axis=2)   # alpha (H, W, 0 or 1)
+            if (alpha < 1).any() or (colour != colour[..., :1]).any():
+                raise ValueError(f'{p}: a colour image or transparent pixels; expected opaque grayscale digits')
             a = colour[..., 0]
         if images and a.shape != images[0].shape:
             raise ValueError(f'{folder}: images of mixed sizes: {files[0].name} is {images[0].shape[1]}x'
@@ -764,41 +627,23 @@ def load_images(path):
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no such file or folder')
     if path.suffix == '.npy':
-        # read_file: a damaged file, or a header that claims more than memory holds, is one line
         x = read_file(path, lambda p: np.load(p, allow_pickle=False),
                       'a readable .npy array: empty, cut short or not numpy')
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f'{path}: expected one array of images, got an archive of {len(x.files)} arrays (.npz)')
     elif path.suffix == '.pt':
         x = read_file(path, lambda p: torch.load(p, map_location='cpu', weights_only=True), 'a readable .pt file')
         if not isinstance(x, torch.Tensor):
             raise ValueError(f'{path}: expected one tensor of images, got {type(x).__name__}')
     else:
-        raise ValueError(f'{path}: expected a .npy or .pt file of images, a folder of PNGs, or .npz statistics')
+        raise ValueError(f'{path}: expected a .npy or .pt file of images, or a folder of PNGs')
     return to_model_input(x, path)
 
 # -----------------------------------------------------------------------------
-# statistics files: mu and sigma with their yardstick, as --save-stats writes them (mnist.save_npz)
+# the caches in out/: the training side, computed once; bump a version when what it holds changes
 
-def load_stats(path, classifier=None, features=None):
-    """(mu, sigma, metadata dict) from a .npz statistics file; with classifier and features
-    given, the file must have been written with that same yardstick."""
-    stats = load_npz(path)
-    if 'mu' not in stats or 'sigma' not in stats:
-        raise ValueError(f'{path}: a statistics file needs arrays "mu" and "sigma", has {sorted(stats)}')
-    stats['mu'], stats['sigma'] = check_gaussian(stats['mu'], stats['sigma'], f'{path}: mu', f'{path}: sigma')
-    meta = {k: v.item() for k, v in stats.items() if v.ndim == 0}
-    for key, want in (('classifier', classifier), ('features', features)):
-        if want is not None and meta.get(key) != want:
-            raise ValueError(f'{path} holds statistics of {key} {meta.get(key)}, not {key} {want}: '
-                             f'numbers are only comparable under one classifier and feature choice; '
-                             f'compute them again with --save-stats')
-    return stats['mu'], stats['sigma'], meta
-
-# -----------------------------------------------------------------------------
-# the caches in out/: what the training set looks like, computed once.
-# Each cache's format version: bump it when what that cache holds changes
-
-REFERENCE_VERSION = 3   # the training features (3: computed by the channels-last embed)
-COPIES_VERSION = 2      # the copy search's pixels and tau (pixels only: embed does not touch it)
+REFERENCE_VERSION = 3   # the training features
+COPIES_VERSION = 2      # the copy search's pixels and tau
 DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-images-idx3-ubyte']).encode()).hexdigest()[:12]
 
 def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_relu=True, seed=0, batch_size=1000):
@@ -818,16 +663,14 @@ def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_rel
 
 def train_copy_reference(data_dir='data', out_dir='out'):
     """copy_reference() of the training digits, calibrated on the test digits, cached in
-    out_dir/train_copies.npz (65 MB). Pixels only: it depends on the data and the copy
-    settings, not on the classifier."""
+    out_dir/train_copies.npz; pixels only, so it does not depend on the classifier."""
     def build():
         x_train, _, x_val, _ = load_mnist(data_dir)                   # (60000, 32, 32), (10000, 32, 32)
         copy_ref = copy_reference(x_train[:, None], x_val[:, None])
         return {k: v.numpy() if torch.is_tensor(v) else v for k, v in copy_ref.items()}
     z = cached(Path(out_dir) / 'train_copies.npz', build, data=DATA_ID, dims=COPY_DIMS,
                candidates=COPY_CANDIDATES, rate=COPY_RATE, version=COPIES_VERSION)
-    return {'train': torch.from_numpy(z['train']), 'mean': torch.from_numpy(z['mean']),
-            'axes': torch.from_numpy(z['axes']), 'z': torch.from_numpy(z['z']), 'tau': float(z['tau'])}
+    return {**{k: torch.from_numpy(z[k]) for k in ('train', 'mean', 'axes', 'z')}, 'tau': float(z['tau'])}
 
 
 if __name__ == '__main__':
