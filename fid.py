@@ -17,14 +17,13 @@ coverage (Naeem et al. 2020), copies of the training set (on the pixels), and th
 the classifier sees.
 
 Which features, and why (the one place that says it). Every metric but copies works on the
-classifier's feature vector: the last convolution's output, pooled and flattened (128
-numbers for the blog's network; model.py). The blog's "Evaluation" section histograms it
-*before* the ReLU ("pre"), because the Fréchet distance assumes roughly normal features and
-the ReLU clips the negative half away. The yardstick here scores *after* the ReLU ("post",
-the input of the linear layer) by default: the series' final post does, its numbers land on
-that post's scale (validation vs train: 0.28 here, 0.30 there), and they vary less from one
-trained classifier to the next (the pre features are about 10x larger and give 30-100x
-larger FIDs). --features pre scores with the blog's choice.
+classifier's feature vector: the last convolution's output, pooled and flattened (128 for
+the blog's network). The blog's "Evaluation" histograms it *before* the ReLU ("pre"): the
+Fréchet distance assumes roughly normal features, and the ReLU clips the negative half. The
+yardstick scores *after* it ("post", the linear layer's input) by default, as the series'
+last post ("Latent Diffusion Model") does: its numbers land on that post's scale (validation
+vs train: 0.28 here, 0.30 there) and vary less between trained classifiers (pre features
+are ~10x larger, their FIDs 30-100x). --features pre scores with the blog's choice.
 
 The same images score differently under different classifiers, so every report names its
 yardstick: the classifier (the first 12 hex digits of its checkpoint's SHA-256), the
@@ -294,8 +293,7 @@ def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None)
     pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]
     if radii2 is None and len(pr_idx) > DENSITY_K:  # with k or fewer there are no k-th neighbours
         radii2, radii2_dc = knn_radii2(f[pr_idx], (PRECISION_K, DENSITY_K)).unbind(1)   # one pass, (M,) each
-    return {'f': f, 'pred': pred, 'mu': mu, 'sigma': sigma, 'pr_idx': pr_idx, 'radii2': radii2,
-            'radii2_dc': radii2_dc}
+    return dict(f=f, pred=pred, mu=mu, sigma=sigma, pr_idx=pr_idx, radii2=radii2, radii2_dc=radii2_dc)
 
 def report_from_features(f, probs, ref, seed=0):
     """Every metric of generated features f (N, D) and probabilities (N, 10) against a
@@ -486,9 +484,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.save_stats and not args.images:
         parser.error('--save-stats needs images')
-    if args.save_stats and Path(args.save_stats).resolve() == Path(args.images).resolve():
-        parser.error(f'--save-stats {args.save_stats} would write over the input: give another file name')
-    if args.save_stats and Path(args.save_stats).suffix != '.npz':
+    if args.save_stats and Path(args.save_stats).suffix != '.npz':   # so never the images (.npy, .pt, PNGs)
         parser.error(f'--save-stats {args.save_stats}: statistics files end in .npz')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
@@ -515,7 +511,7 @@ def main(argv=None):
         # the report card against the training set, as score() computes it
         r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref, checked=True)
         print_report(r, args.images, 'MNIST train')
-        print(f'scored in {r["seconds"]:.2f} s on {args.device} ({r["n"] / r["seconds"]:,.0f} images/s)')
+        print(f'scored in {r["seconds"]:.2f} s on {args.device}')
         path = Path(args.out_dir) / f'{Path(args.images).stem or "samples"}_copies.png'
         plot_copies(x, r, copy_ref, path)
         print(f'wrote {path}')
@@ -608,8 +604,8 @@ def read_png_folder(folder):
             a = np.asarray(imread(p), dtype=np.float32)               # (H, W) or (H, W, 2-4) in [0, 1]
         except Exception as e:
             raise ValueError(f'{p}: not a readable PNG image ({reason(e)})') from None
-        if a.ndim == 3:                   # (H, W, C): gray + alpha (2), RGB (3) or RGBA (4)
-            colour, alpha = np.split(a, [1 if a.shape[2] == 2 else 3], axis=2)   # alpha (H, W, 0 or 1)
+        if a.ndim == 3:                   # (H, W, C): RGB (3) or RGBA (4; gray + alpha comes as RGBA too)
+            colour, alpha = a[..., :3], a[..., 3:]                    # alpha (H, W, 0 or 1)
             if (alpha < 1).any() or (colour != colour[..., :1]).any():
                 raise ValueError(f'{p}: a colour image or transparent pixels; expected opaque grayscale digits')
             a = colour[..., 0]
@@ -671,7 +667,6 @@ def train_copy_reference(data_dir='data', out_dir='out'):
     z = cached(Path(out_dir) / 'train_copies.npz', build, data=DATA_ID, dims=COPY_DIMS,
                candidates=COPY_CANDIDATES, rate=COPY_RATE, version=COPIES_VERSION)
     return {**{k: torch.from_numpy(z[k]) for k in ('train', 'mean', 'axes', 'z')}, 'tau': float(z['tau'])}
-
 
 if __name__ == '__main__':
     main()

@@ -28,7 +28,8 @@ from model import get_device, load_classifier
 
 @torch.no_grad()
 def mean_activations(model, x, y, layers=None, batch_size=1000):
-    """{layer index: (10, C, H, W) mean output per digit}, of the given layers or the pooling ones (model.levels())."""
+    """{layer index: (10, C, H, W) mean output per digit} of a model in eval mode (as load_classifier gives
+    it), at the given layers or the pooling ones (model.levels())."""
     layers = model.levels() if layers is None else layers
     sums, counts = {}, torch.bincount(y.cpu(), minlength=10).double()   # (10,) images per digit
     for h, yb in zip(x.split(batch_size), y.split(batch_size)):     # (B, 1, 32, 32), (B,)
@@ -125,7 +126,7 @@ def plot_mistakes(x, y, pred, confidence, order, path, per_row=10):
                tile_labels=[labels[r * per_row:(r + 1) * per_row] for r in range(rows)], inches=1.0)
 
 # -----------------------------------------------------------------------------
-# the command
+# the command; plumbing: a first reading can skip main()'s flag checks and read run(), steps 1-4 above
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Mean activation maps, dead channels and feature normality of '

@@ -101,7 +101,7 @@ def load_mnist(data_dir='data', mirrors=MIRRORS, sha256=SHA256):
     return x_train, y_train, x_val, y_val
 
 def plot_samples(x, y, path, per_digit=10, seed=0):
-    """The blog's first figure: one row per digit, random images of that digit."""
+    """The blog's first figure: one row per digit, random images of that digit (drawn by plot_tiles)."""
     g = torch.Generator().manual_seed(seed)
     tiles = []
     for digit in range(10):
@@ -326,7 +326,6 @@ def seed_arg(text):
     if not 0 <= value < 2 ** 64:
         raise argparse.ArgumentTypeError(f'{value} is not in [0, 2**64), the seeds torch.manual_seed takes')
     return value
-
 
 if __name__ == '__main__':
     main()

@@ -1,7 +1,7 @@
 """
 The MNIST classifier of the blog post "Latent Diffusion Series: MNIST Classifier"
-(Nick Tasios), layer for layer, plus the feature vector (128 numbers) that the blog
-histograms and that fid.py uses to score generated digits.
+(Nick Tasios), layer for layer, plus its feature vector (128 numbers): the blog histograms
+it before the last ReLU, fid.py scores generated digits with it after (fid.py says why).
 
     from model import Classifier, load_classifier, classifier_id
     model = Classifier()

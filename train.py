@@ -176,7 +176,7 @@ def main(argv=None):
     # optimisation (defaults from the blog)
     parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch (also when resuming)')
     parser.add_argument('--batch-size', type=int, default=256, help='images per optimisation step')
-    parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
+    parser.add_argument('--lr', type=float, default=1e-3, help="the optimizer's learning rate (Adam's, in the blog)")
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed for the weights, the order and dropout')
     parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), or any torch device')
     # output
@@ -222,7 +222,7 @@ def run(args, argv, parser):
     # traceback); channels_last (NHWC) makes this narrow network faster on a CPU, same maths
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device).to(memory_format=torch.channels_last)
-    print(f'network: {model.summary()}')          # levels, feature size, parameters
+    print(f'network: {model.summary()} | optimizer: {optimizer_name(make_optimizer(model, args.lr))}')
     if ckpt_path.exists() and not args.resume and not args.compare_blog_loop:
         # a new run: keep the checkpoint that is there (and the yardstick fid.py named by it)
         prev = ckpt_path.with_name('classifier.prev.pt')
@@ -348,7 +348,6 @@ def checkpoint_to_resume(path, args):
                          f'{args.epochs}: ask for more, e.g. --epochs {ckpt["epoch"] + 50}')
     print(f'resuming {path} after epoch {ckpt["epoch"]}')
     return ckpt
-
 
 if __name__ == '__main__':
     main()

@@ -404,11 +404,13 @@ def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnis
 def test_each_cache_has_its_own_version(setup, monkeypatch, capsys):
     # the copy cache holds pixels only: a new feature-cache version must not rebuild it
     tmp_path, _ = setup
-    fid.train_copy_reference(out_dir=tmp_path)
+    built = fid.train_copy_reference(out_dir=tmp_path)
     assert 'wrote' in capsys.readouterr().err
     monkeypatch.setattr(fid, 'REFERENCE_VERSION', fid.REFERENCE_VERSION + 1)
-    fid.train_copy_reference(out_dir=tmp_path)
-    assert capsys.readouterr().err == ''                              # read from the cache
+    cached = fid.train_copy_reference(out_dir=tmp_path)
+    assert capsys.readouterr().err == ''                              # read from the cache, unchanged
+    assert cached['tau'] == built['tau'] and all(torch.equal(cached[k], built[k]) for k in ('train', 'mean', 'axes', 'z'))
+    assert cached['tau'] == np.load(tmp_path / 'train_copies.npz')['tau']   # as computed, not altered on the way
     monkeypatch.setattr(fid, 'COPIES_VERSION', fid.COPIES_VERSION + 1)
     fid.train_copy_reference(out_dir=tmp_path)
     assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
@@ -462,6 +464,7 @@ def test_cli_report_card(setup, small_mnist, capsys):
     assert f'{r["kid"]:10.4g}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
     assert f'yardstick: classifier {cid} | features post ({model.feature_size()}) | N 300 vs 600' in out
     assert f'classifier {cid} ({tmp_path / "c.pt"}): {model.summary()}' in out     # the network it measures with
+    assert f"'images': '{tmp_path / 'gen.npy'}', 'features': 'post'" in out        # the configuration, first
     assert 'scored in' in out and 'rank-deficient' not in err
     assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
     # --save-stats: mu and sigma of these images, with the yardstick they were measured by
@@ -648,7 +651,7 @@ def test_save_stats_never_writes_over_the_input_and_seed_range(setup, small_mnis
             fid.main([str(tmp_path / 'gen.npy'), *map(str, argv)])
         assert e.value.code == 2
     err = capsys.readouterr().err
-    assert 'would write over the input' in err and 'argument --seed: -1 is not in [0, 2**64)' in err
+    assert 'gen.npy: statistics files end in .npz' in err and 'argument --seed: -1 is not in [0, 2**64)' in err
     assert 'gen.npz.bak: statistics files end in .npz' in err
     assert (tmp_path / 'gen.npy').read_bytes() == before
 

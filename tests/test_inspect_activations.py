@@ -166,7 +166,10 @@ def test_script_end_to_end(tmp_path, capsys, small_test_set):
     assert asked == ['elsewhere']
     for level in range(len(model.levels())):
         assert f'level {level}' in stdout
-    assert 'before the ReLU' in stdout and 'after the ReLU' in stdout
+    with torch.no_grad():
+        f_pre, f_post = model.features(x, after_relu=False).numpy(), model.features(x, after_relu=True).numpy()
+    assert "before the ReLU (the blog's features): " + normality_summary(f_pre) in stdout
+    assert 'after the ReLU:                       ' + normality_summary(f_post) in stdout
     pred, confidence = predict(model, x)
     C = confusion_matrix(y, pred)
     assert f'accuracy {100 * (pred == y).float().mean():.2f}%' in stdout

@@ -228,6 +228,7 @@ def test_network_diff_names_the_layers():
     assert gelu.startswith("layers.1 was ReLU(), is GELU(approximate='none'); layers.4 was ReLU()")
     assert gelu.endswith('; and 2 more')                              # three shown, the rest counted
     assert 'not a list of layers' in network_diff({'a': 1}, blog)
+    assert network_diff([*blog, 'layers.12: ReLU()'], blog) == 'layers.12 ReLU() is gone'   # the last layer
 
 def test_get_device():
     assert get_device('cpu') == 'cpu'
@@ -251,6 +252,11 @@ def test_load_classifier_errors(tmp_path):
     other = tmp_path / 'other.pt'
     torch.save({'model': nn.Linear(3, 2).state_dict(), 'architecture': Classifier().architecture()}, other)
     with pytest.raises(ValueError, match='do not fit model.Classifier'):
+        load_classifier(other)
+    state = Classifier().state_dict()
+    del state['layers.0.bias']                                        # one weight missing, the rest fits
+    torch.save({'model': state, 'architecture': Classifier().architecture()}, other)
+    with pytest.raises(ValueError, match=r"do not fit model.Classifier .*'layers.0.bias', \(8,\)"):
         load_classifier(other)
     no_model = tmp_path / 'no_model.pt'
     torch.save({'weights': 1}, no_model)

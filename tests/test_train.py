@@ -362,8 +362,15 @@ def test_cli_resume_needs_a_resumable_checkpoint(tmp_path, fake_data, capsys):
     assert err.startswith(f'error: {path}: cannot be resumed: its optimizer, optimizer_name, rng, history, config are missing')
     assert 'It still works for evaluation; train without --resume' in err and err.count('\n') == 1
 
-def test_cli_compare_blog_loop(tmp_path, fake_data, capsys):
+def test_cli_compare_blog_loop(tmp_path, fake_data, capsys, monkeypatch):
+    layouts, real_train_epoch = [], train_py.train_epoch
+    def train_epoch(model, *args):                                    # ours runs channels-last, as run() does
+        w = model.layers[model.feature_layers()[0]].weight           # (32, 16, 3, 3): the layouts differ
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last))
+        return real_train_epoch(model, *args)
+    monkeypatch.setattr(train_py, 'train_epoch', train_epoch)
     assert main(tmp_path, '--compare-blog-loop', '2') == 0
+    assert layouts == [True, True]
     stdout = capsys.readouterr().out
     assert stdout.count('| blog loop |') == 2 and stdout.count('| ours loop |') == 2
     assert 'median over 2 epochs on cpu' in stdout and 'x faster' in stdout
@@ -497,6 +504,7 @@ def test_the_optimizer_is_made_in_one_place(tmp_path, fake_data, monkeypatch, ca
     ckpt = torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)
     assert ckpt['optimizer_name'].startswith('SGD(momentum=0.9, dampening=0')
     assert ckpt['optimizer']['param_groups'][0]['momentum'] == 0.9
+    assert '| optimizer: SGD(momentum=0.9' in capsys.readouterr().out   # the run says which one it uses
     # resume follows it: SGD on with SGD; with Adam back, one line instead of a KeyError
     assert main(tmp_path, '--epochs', '3', '--resume') == 0
     assert torch.load(tmp_path / 'out' / 'classifier.pt', weights_only=True)['epoch'] == 3
@@ -510,4 +518,4 @@ def test_the_optimizer_is_made_in_one_place(tmp_path, fake_data, monkeypatch, ca
     # and --compare-blog-loop times both loops with it
     made.clear()
     assert main(tmp_path, '--compare-blog-loop', '1') == 0
-    assert made == [0.01, 0.01]
+    assert made == [0.01] * 3   # its name in the network line, then both loops
