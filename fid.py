@@ -277,8 +277,8 @@ def copies(x, copy_ref):
                                                             'nearest_train': j}
 
 # -----------------------------------------------------------------------------
-# the report card: the real side (reference; train_reference in the caches below), the
-# scores (report; score in one call) and the printout (print_report)
+# the report card: one function builds the real side (reference; for the training set with its
+# copy search, train_reference, cached below), one scores (report; score() in one call), one prints
 
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
@@ -335,9 +335,9 @@ def report_from_features(f, probs, ref, seed=0):
                             'kid': kid})
     return r
 
-def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, copy_ref=None, checked=False):
+def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, checked=False):
     """The report card of images x (any shape to_model_input takes) against a reference() of
-    real images, with copies when copy_ref (the training set's copy_reference()) is given: a
+    real images, with copies when ref has the training set's copy search (train_reference's): a
     dict of every metric, per-sample results ('per_sample') and the yardstick. checked=True:
     x is already (N, 1, 32, 32) and checked (load_images' output, the reference table's rows)."""
     t0 = time.perf_counter()
@@ -345,10 +345,10 @@ def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=N
     f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
     r = report_from_features(f, probs, ref, seed)
     r['copies'], r['copy_tau'] = None, None
-    if copy_ref is not None:
-        r['copies'], per_sample = copies(x, copy_ref)
+    if ref.get('copy') is not None:
+        r['copies'], per_sample = copies(x, ref['copy'])
         r['per_sample'].update(per_sample)
-        r['copy_tau'] = copy_ref['tau']
+        r['copy_tau'] = ref['copy']['tau']
     r.update(classifier=classifier, features='post' if after_relu else 'pre', seconds=time.perf_counter() - t0)
     return r
 
@@ -360,8 +360,7 @@ def score(images, checkpoint='out/classifier.pt', features='post', data_dir='dat
     model, _ = load_classifier(checkpoint, get_device(device))
     after_relu = {'post': True, 'pre': False}[features]
     ref = train_reference(model, checkpoint, data_dir, out_dir, after_relu, seed, batch_size)
-    return report(model, images, ref, after_relu, batch_size, seed, classifier_id(checkpoint),
-                  train_copy_reference(data_dir, out_dir))
+    return report(model, images, ref, after_relu, batch_size, seed, classifier_id(checkpoint))
 
 def print_report(r, name, real_name):
     final = SERIES_FID['validation set vs train'] if r['features'] == 'post' else None
@@ -427,7 +426,7 @@ def blur(x):
     """A 3x3 box filter over each image (N, 1, 32, 32): the soft strokes of a weak decoder."""
     return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
 
-def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifier):
+def reference_table(model, ref, x_train, x_val, y_val, args, classifier):
     """Print the report of sets of images whose failure we know against the training set,
     one row each, so that a reader sees what each metric responds to."""
     g = torch.Generator().manual_seed(args.seed)
@@ -452,8 +451,7 @@ def reference_table(model, ref, copy_ref, x_train, x_val, y_val, args, classifie
           f'| coverage | copies | classifier score | digits present | digit mix KL |\n|{"---|" * 13}')
     results = {}
     for name, x in rows:
-        r = results[name] = report(model, x, ref, after_relu, args.batch_size, args.seed, classifier, copy_ref,
-                                   checked=True)
+        r = results[name] = report(model, x, ref, after_relu, args.batch_size, args.seed, classifier, checked=True)
         post = SERIES_FID.get(name, '') if after_relu else 'n/a'
         print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | {r["precision"]:.3f} | '
               f'{r["recall"]:.3f} | {r["density"]:.3f} | {r["coverage"]:.3f} | {r["copies"]:.1%} | '
@@ -503,17 +501,16 @@ def main(argv=None):
         x = load_images(args.images) if args.images else None        # (N, 1, 32, 32), checked first
         ref = train_reference(model, args.checkpoint, args.data_dir, args.out_dir, after_relu, args.seed,
                               args.batch_size)
-        copy_ref = train_copy_reference(args.data_dir, args.out_dir)
         if x is None:
             x_train, _, x_val, y_val = load_mnist(args.data_dir)
-            reference_table(model, ref, copy_ref, x_train[:, None], x_val[:, None], y_val, args, cid)
+            reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, cid)
             return
         # the report card against the training set, as score() computes it
-        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, copy_ref, checked=True)
+        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, checked=True)
         print_report(r, args.images, 'MNIST train')
         print(f'scored in {r["seconds"]:.2f} s on {args.device}')
         path = Path(args.out_dir) / f'{Path(args.images).stem or "samples"}_copies.png'
-        plot_copies(x, r, copy_ref, path)
+        plot_copies(x, r, ref['copy'], path)
         print(f'wrote {path}')
         if args.save_stats:
             replaced = Path(args.save_stats).exists()
@@ -644,7 +641,8 @@ DATA_ID = hashlib.sha256((SHA256['train-images-idx3-ubyte'] + SHA256['t10k-image
 
 def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_relu=True, seed=0, batch_size=1000):
     """reference() of the 60,000 training images, cached in out_dir/train_reference_{post,pre}.npz
-    and recomputed when the checkpoint's bytes (its classifier_id) or the settings change."""
+    and recomputed when the checkpoint's bytes (its classifier_id) or the settings change, with
+    the copy search of train_copy_reference() as 'copy'."""
     features = 'post' if after_relu else 'pre'
     def build():
         x_train = load_mnist(data_dir)[0][:, None]                    # (60000, 1, 32, 32)
@@ -654,8 +652,9 @@ def train_reference(model, checkpoint, data_dir='data', out_dir='out', after_rel
                 'radii2': ref['radii2'].numpy(), 'radii2_dc': ref['radii2_dc'].numpy(), 'n': len(f)}
     z = cached(Path(out_dir) / f'train_reference_{features}.npz', build, classifier=classifier_id(checkpoint),
                features=features, seed=seed, data=DATA_ID, version=REFERENCE_VERSION)
-    return reference(torch.from_numpy(z['f']), torch.from_numpy(z['pred']).long(), seed, z['mu'], z['sigma'],
-                     torch.from_numpy(z['radii2']), torch.from_numpy(z['radii2_dc']))
+    ref = reference(torch.from_numpy(z['f']), torch.from_numpy(z['pred']).long(), seed, z['mu'], z['sigma'],
+                    torch.from_numpy(z['radii2']), torch.from_numpy(z['radii2_dc']))
+    return {**ref, 'copy': train_copy_reference(data_dir, out_dir)}
 
 def train_copy_reference(data_dir='data', out_dir='out'):
     """copy_reference() of the training digits, calibrated on the test digits, cached in

@@ -430,8 +430,8 @@ def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
     x_train, y_train, x_val, y_val = small_mnist
     args = argparse.Namespace(features='post', seed=0, batch_size=128, out_dir=tmp_path)
     ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    copy_ref = fid.copy_reference(x_train[:, None], x_val[:, None])
-    results = fid.reference_table(model, ref, copy_ref, x_train[:, None], x_val[:, None], y_val, args, 'abc')
+    assert torch.equal(ref['copy']['z'], fid.copy_reference(x_train[:, None], x_val[:, None])['z'])   # the copy search
+    results = fid.reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, 'abc')
     out = capsys.readouterr().out
     assert list(results) == ['validation set vs train', 'validation digits 0-4 only', 'validation blurred (3x3 box)',
                              'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train',
