@@ -239,7 +239,8 @@ def nearest_two(x, copy_ref, block=250, chunk=4096):
         for m in range(0, len(z), chunk):
             coarse = torch.addmm(zz[None, m:m + chunk], zb, z[m:m + chunk].T, alpha=-2)   # (B, chunk) |zb - z|^2 - |zb|^2
             v, c = coarse.topk(min(K, coarse.shape[1]), 1, largest=False)
-            vals.append(v), idx.append(c + m)
+            vals.append(v)
+            idx.append(c + m)
         vals, idx = torch.cat(vals, 1), torch.cat(idx, 1)             # (B, K x chunks)
         cand = idx.gather(1, vals.topk(K, 1, largest=False).indices)  # (B, K) the K nearest of all
         t = copy_ref['train'][cand].float() / 255                     # (B, K, 1024)
@@ -268,17 +269,17 @@ def copies(x, copy_ref):
     distance ratio, the distance to the nearest training digit and that digit's index.
     A copy has one training digit very close and then only ordinary ones, so the ratio of its
     distances to the nearest and second-nearest training digit is small: Lowe's ratio test
-    (2004), close to the authenticity of Alaa et al. 2022 (arXiv:2102.08921). On re-centred
-    pixels, not features: the features don't see a copy moved by one pixel. Calibrated so
-    that the test digits, new digits, score COPY_RATE = 1%.
+    (2004), close to the authenticity of Alaa et al. 2022 (arXiv:2102.08921). On re-centred pixels,
+    not features: in features, a copy moved by one pixel is no nearer its original than a new
+    digit is. Calibrated so that the test digits, new digits, score COPY_RATE = 1%.
     """
     ratio, d1, j = nearest_two(x, copy_ref)
     return (ratio <= copy_ref['tau']).double().mean().item(), {'copy_ratio': ratio, 'copy_distance': d1,
                                                             'nearest_train': j}
 
 # -----------------------------------------------------------------------------
-# the report card: one function builds the real side (reference; for the training set with its
-# copy search, train_reference, cached below), one scores (report; score() in one call), one prints
+# the report card: reference() builds the real side, report() scores images against it, print_report()
+# prints; train_reference() (cached, below) is the training set's real side, copy search included
 
 REFERENCE_N = 10_000    # the N the series' numbers are quoted at
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
@@ -287,7 +288,8 @@ SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.
 def reference(f, pred, seed=0, mu=None, sigma=None, radii2=None, radii2_dc=None):
     """The real side a report compares with, from its features f (M, D) and predicted digits
     (M,): their statistics, and a seeded random subset of at most MANIFOLD_N rows with its
-    squared k-NN radii (k = PRECISION_K, DENSITY_K). Parts already known (cached) are passed in."""
+    squared k-NN radii (radii2: k = PRECISION_K; radii2_dc: k = DENSITY_K, for density and
+    coverage). Parts already known (cached) are passed in."""
     if mu is None:
         mu, sigma = mean_cov(f)
     pr_idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]
@@ -336,10 +338,10 @@ def report_from_features(f, probs, ref, seed=0):
     return r
 
 def report(model, x, ref, after_relu=True, batch_size=1000, seed=0, classifier=None, checked=False):
-    """The report card of images x (any shape to_model_input takes) against a reference() of
-    real images, with copies when ref has the training set's copy search (train_reference's): a
-    dict of every metric, per-sample results ('per_sample') and the yardstick. checked=True:
-    x is already (N, 1, 32, 32) and checked (load_images' output, the reference table's rows)."""
+    """The report card of images x (any shape to_model_input takes) against a reference() of real
+    images: a dict of every metric, per-sample results and the yardstick; copies too when ref['copy']
+    holds a copy search (train_reference's does). checked=True skips to_model_input: for load_images'
+    output, and for the reference table's unclipped noise, which it would refuse."""
     t0 = time.perf_counter()
     x = x if checked else to_model_input(x, 'the generated images')   # (N, 1, 32, 32)
     f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
@@ -376,7 +378,7 @@ def print_report(r, name, real_name):
     print(f'  coverage          {r["coverage"]:10.3f}   share of real {DENSITY_K}-NN balls holding a sample: variety, '
           f'outliers ignored')
     if r['copies'] is None:
-        print('  copies                   n/a   (only against the training set: give one input)')
+        print('  copies                   n/a   (this real side has no copy search; train_reference() adds one)')
     else:
         print(f'  copies            {r["copies"]:10.1%}   samples nearer a training digit than {COPY_RATE:.0%} '
               f'of the test digits are (nearest / second-nearest distance <= {r["copy_tau"]:.3f})')
@@ -506,7 +508,7 @@ def main(argv=None):
             reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, cid)
             return
         # the report card against the training set, as score() computes it
-        r = report(model, x, ref, after_relu, args.batch_size, args.seed, cid, checked=True)
+        r = report(model, x, ref, after_relu, args.batch_size, args.seed, classifier=cid, checked=True)
         print_report(r, args.images, 'MNIST train')
         print(f'scored in {r["seconds"]:.2f} s on {args.device}')
         path = Path(args.out_dir) / f'{Path(args.images).stem or "samples"}_copies.png'
@@ -549,8 +551,8 @@ def check_gaussian(mu, sigma, mu_name='mu', sigma_name='sigma'):
 
 def to_model_input(x, name):
     """Check generated digits and shape them as the classifier expects: (N, 1, 32, 32) float32.
-    Takes the shapes below, floats in [0, 1] (within 1e-6: clipped) or uint8 0-255; anything
-    else gets one ValueError that names the input and says what was expected."""
+    Takes (N, 28, 28) or (N, 32, 32), channel first or last, or flat; floats in [0, 1] (a generator's
+    rounding within 1e-6 is clipped) or uint8 0-255; else one ValueError naming the input."""
     if isinstance(x, np.ndarray) and x.dtype.kind not in 'uf':       # strings, dates, records, objects
         raise ValueError(f'{name}: expected images of numbers (uint8 or float), got numpy dtype {x.dtype}')
     if torch.is_tensor(x) and x.layout != torch.strided:

@@ -58,7 +58,8 @@ def plot_histograms(f, path, bins=100):
         if sigma > 0:                                                 # a constant feature has no curve
             t = np.linspace(v.min(), v.max(), 200)
             ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
-        ax.set_title(f'feature {k}', fontsize=9), ax.tick_params(labelsize=7)
+        ax.set_title(f'feature {k}', fontsize=9)
+        ax.tick_params(labelsize=7)
     fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
 
@@ -163,8 +164,8 @@ def run(args):
     check_writable(args.out_dir)                                       # before any work
     model, ckpt = load_classifier(args.checkpoint, args.device)   # refused if model.py changed since
     _, _, x_val, y_val = load_mnist(args.data_dir)
-    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}' + (f', val acc {100 * ckpt["val_acc"]:.2f}%)'
-          if ckpt.get('val_acc') is not None else ')') + f' | network: {model.summary()}')
+    acc = '' if ckpt.get('val_acc') is None else f', val acc {100 * ckpt["val_acc"]:.2f}%'
+    print(f'loaded {args.checkpoint} (epoch {ckpt.get("epoch")}{acc}) | network: {model.summary()}')
     x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
     # 1. and 2.: mean maps per digit at each level, and the channels that never fire

@@ -76,7 +76,7 @@ def parse_idx(raw, name='<bytes>'):
     if actual > expected:
         raise ValueError(f'{name}: {actual - expected:,} unexpected bytes after the data of shape {shape}')
     # the data, row-major; astype makes a writable copy in the machine's byte order
-    return np.frombuffer(raw, dtype, n, header_len).reshape(shape).astype(dtype.newbyteorder('='))
+    return np.frombuffer(raw, dtype=dtype, count=n, offset=header_len).reshape(shape).astype(dtype.newbyteorder('='))
 
 def pad(x):
     """(N, 28, 28) -> (N, 32, 32): 2 zero pixels on each side, as in the blog."""
@@ -308,7 +308,7 @@ def plot_tiles(tiles, path, title=None, row_labels=None, col_labels=None, tile_l
     ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(C), col_labels or [''] * C, fontsize=8)
     ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(R), row_labels or [''] * R, fontsize=11)
     ax.tick_params(length=0, labeltop=True, labelbottom=False)
-    ax.set_xlabel(xlabel or ''), ax.set_ylabel(ylabel or '')
+    ax.set(xlabel=xlabel or '', ylabel=ylabel or '')
     ax.xaxis.set_label_position('top')
     ax.spines[:].set_visible(False)
     for r, row in enumerate(tile_labels or []):

@@ -172,7 +172,7 @@ def load_classifier(path, device='cpu'):
         raise ValueError(f'{path}: "model" must be a dict of tensors (a state_dict), got {type(weights).__name__}')
     model = Classifier().to(device).eval()
     model.summary()  # a network model.py can't build right is its own error, before any checkpoint's
-    # weights that happen to fit another network (another activation, say) would give its numbers untrained
+    # weights can fit another network (another activation, say): its numbers would be a never-trained network's
     if ckpt['architecture'] != model.architecture():
         raise ValueError(f'{path} was trained with another network than model.py builds now '
                          f'({network_diff(ckpt["architecture"], model.architecture())}); '
@@ -200,9 +200,9 @@ def network_diff(old, new, most=3):
     # as many layers: compare them place by place; else let difflib find what was added or removed
     ops = ([('replace', i, i + 1, i, i + 1) for i in range(len(b)) if a[i] != b[i]] if len(a) == len(b)
            else difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes())
-    changes = [f'{name(new[j1])} was {", ".join(a[i1:i2])}, is {", ".join(b[j1:j2])}' if op == 'replace' else
-               f'{name(new[j1])} {", ".join(b[j1:j2])} is new' if op == 'insert' else
-               f'{name(old[i1])} {", ".join(a[i1:i2])} is gone' for op, i1, i2, j1, j2 in ops if op != 'equal']
+    say = {'replace': '{at} was {was}, is {now}', 'insert': '{at} {now} is new', 'delete': '{at} {was} is gone'}
+    changes = [say[op].format(at=name(old[i1] if op == 'delete' else new[j1]), was=', '.join(a[i1:i2]),
+                              now=', '.join(b[j1:j2])) for op, i1, i2, j1, j2 in ops if op != 'equal']
     return '; '.join(changes[:most]) + (f'; and {len(changes) - most} more' if len(changes) > most else '')
 
 def classifier_id(path):

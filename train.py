@@ -51,7 +51,7 @@ def train_epoch(model, optimizer, x, y, batch_size):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # times B: the short last batch counts less (the blog averages batch means); no .item() sync
+        # weighted by B: the short last batch counts less (the blog weighs every batch mean alike); no .item() sync
         loss_sum += loss.detach() * len(idx)
     return loss_sum / N
 
@@ -79,7 +79,7 @@ def train(model, x_train, y_train, x_val, y_val, epochs=100, batch_size=256, lr=
     optimizer = make_optimizer(model, lr)
     history = {'epoch': [], 'train_loss': [], 'seconds': [], 'val_epoch': [], 'val_loss': [], 'val_acc': []}
     start = saved = 0           # the epoch we start after, and the one the checkpoint holds
-    if resume_from is not None:  # --resume: its weights, optimizer and random states, history
+    if resume_from is not None:  # --resume: restore() loads weights, optimizer, random states, fills history
         start = saved = restore(resume_from, model, optimizer, history, device)
     try:
         for epoch in range(start + 1, epochs + 1):
