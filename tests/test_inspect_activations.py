@@ -185,12 +185,13 @@ def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set
     _, x, y = small_test_set
     torch.manual_seed(0)
     model = Classifier().eval()
-    save_model(tmp_path / 'c.pt', model, epoch=0)
+    save_model(tmp_path / 'c.pt', model, epoch=7, val_acc=0.9876)     # as train.py writes a validated epoch
     maps = mean_activations(model, x, y)
     for threshold in (0.0, 0.5):
         inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
                                   '--device', 'cpu', '--dead-threshold', str(threshold)])
         stdout = capsys.readouterr().out
+        assert f"loaded {tmp_path / 'c.pt'} (epoch 7, val acc 98.76%) | network: {model.summary()}" in stdout
         for level, j in enumerate(model.levels()):
             dead, limit = dead_channels(maps[j], threshold)
             assert f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest' in stdout
