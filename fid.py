@@ -625,6 +625,7 @@ def load_images(path):
         x = read_file(path, lambda p: np.load(p, allow_pickle=False),
                       'a readable .npy array: empty, cut short or not numpy')
         if not isinstance(x, np.ndarray):
+            x.close()                                                 # an .npz archive, opened lazily
             raise ValueError(f'{path}: expected one array of images, got an archive of {len(x.files)} arrays (.npz)')
     elif path.suffix == '.pt':
         x = read_file(path, lambda p: torch.load(p, map_location='cpu', weights_only=True), 'a readable .pt file')

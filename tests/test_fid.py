@@ -816,6 +816,15 @@ def test_png_folder_reads_like_the_npy(tmp_path, mode):
     np.save(tmp_path / 'same.npy', u8)
     torch.testing.assert_close(fid.load_images(tmp_path / 'pngs'), fid.load_images(tmp_path / 'same.npy'), rtol=0, atol=0)
 
+def test_npz_is_not_images(tmp_path):
+    x = np.zeros((3, 28, 28), np.float32)
+    np.savez(tmp_path / 'x.npz', x=x)
+    with pytest.raises(ValueError, match=r'x.npz: expected a .npy or .pt file of images, or a folder of PNGs'):
+        fid.load_images(tmp_path / 'x.npz')
+    (tmp_path / 'x.npz').rename(tmp_path / 'archive.npy')            # an archive under an array's name
+    with pytest.raises(ValueError, match=r'archive.npy: expected one array of images, got an archive of 1 arrays'):
+        fid.load_images(tmp_path / 'archive.npy')
+
 def test_bad_png_folders(tmp_path):
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'empty' / 'notes.txt').write_text('no images here')

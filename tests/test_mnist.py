@@ -74,10 +74,10 @@ BAD = {
     'unknown type': (GOOD[:2] + b'\x0a' + GOOD[3:], 'unknown IDX element type 0x0a'),
     'zero dimensions': (bytes([0, 0, 8, 0]), 'zero dimensions'),
     'header cut short': (GOOD[:6], 'inside the header'),
-    'truncated payload': (GOOD[:-1], 'truncated'),
+    'truncated payload': (GOOD[:-1], r'truncated: shape \(3, 4\) uint8 needs 12 bytes, 11 follow'),
     'trailing bytes': (GOOD + b'\x00\x00', '2 unexpected bytes'),
-    'empty': (b'', 'empty'),
-    'too short': (b'\x00\x00', 'too short'),
+    'empty': (b'', 'only 0 bytes: empty or too short for the 4-byte IDX header'),
+    'too short': (b'\x00\x00', 'only 2 bytes: empty or too short'),
 }
 
 @pytest.mark.parametrize('case', BAD)
@@ -234,6 +234,14 @@ def test_download_not_gzip_leaves_nothing(server, tmp_path):
     with pytest.raises(FileNotFoundError, match='not a gzip file'):
         mnist.download('tiny-idx1-ubyte', data_dir, mirrors=[url], sha256=TINY_SHA)
     assert list(data_dir.iterdir()) == []
+
+def test_download_that_cannot_be_written_is_one_error_and_leaves_nothing(server, tmp_path):
+    served, url = server
+    write(served / 'tiny-idx1-ubyte.gz', TINY)
+    (tmp_path / 'data' / 'tiny-idx1-ubyte.gz').mkdir(parents=True)          # a folder where the file goes
+    with pytest.raises(ValueError, match=f"cannot write {tmp_path / 'data' / 'tiny-idx1-ubyte.gz'}: a folder is in the way"):
+        mnist.download('tiny-idx1-ubyte', tmp_path / 'data', mirrors=[url], sha256=TINY_SHA)
+    assert [p.name for p in (tmp_path / 'data').iterdir()] == ['tiny-idx1-ubyte.gz']   # no temporary file
 
 def test_download_falls_through_to_next_mirror(server, tmp_path):
     served, url = server

@@ -230,9 +230,18 @@ def test_network_diff_names_the_layers():
     assert 'not a list of layers' in network_diff({'a': 1}, blog)
     assert network_diff([*blog, 'layers.12: ReLU()'], blog) == 'layers.12 ReLU() is gone'   # the last layer
 
-def test_get_device():
+def test_get_device(monkeypatch):
     assert get_device('cpu') == 'cpu'
     assert get_device('auto') in ('cuda', 'mps', 'cpu')
+    # auto: cuda first, then mps, then cpu (the machines are pretended here)
+    for cuda, mps, want in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, 'is_available', lambda: cuda)
+            m.setattr(torch.backends.mps, 'is_available', lambda: mps)
+            assert get_device('auto') == want
+            if not mps:
+                with pytest.raises(ValueError, match=r'--device mps: this PyTorch \(.*\) sees no MPS GPU'):
+                    get_device('mps')
     with pytest.raises(ValueError, match="'gpu' is not a torch device"):
         get_device('gpu')
     if not torch.cuda.is_available():
