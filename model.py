@@ -81,7 +81,8 @@ class Classifier(nn.Module):
         post = pre = h
         for layer in self.layers[conv + 1:head]:
             if is_activation(layer) or isinstance(layer, nn.Dropout):
-                post = layer(post.clone() if post is pre else post)   # an in-place ReLU must not change pre
+                inplace = post is pre and getattr(layer, 'inplace', False)   # must not change pre as well
+                post = layer(post.clone() if inplace else post)
             elif post is pre:
                 post = pre = layer(post)
             else:
