@@ -1,13 +1,16 @@
 """
-Tests for fid.py: FID against closed forms and an independent computation, KID against a
-double loop over all pairs, precision and recall against point clouds with known answers
-and a brute-force computation, the digit metrics against closed forms, bad statistics
-files, the yardstick, the cache, the reference table and the command line.
+Tests for fid.py: the Fréchet distance against closed forms and an independent computation,
+KID against a double loop over all pairs, precision, recall, density and coverage against
+brute force and point clouds with known answers, the digit metrics against closed forms,
+copies on real digits, the report card and its cache, the readers of generated digits, and
+the command.
 """
 
-import argparse
-import hashlib
 import math
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,867 +19,400 @@ import torch
 import torch.nn.functional as F
 
 import fid
-from fid import (classifier_score, embed, frechet_distance, kernel_inception_distance, kl_divergence,
-                 knn_radii2, manifold_metrics, mean_cov, mmd2_unbiased, reference, report,
-                 report_from_features)
-from fid import to_model_input
-from mnist import load_mnist, pad, save_npz
-from model import Classifier, classifier_id
-from networks import network, other_network, save_model
+import model as model_py
+from fid import (classifier_score, copies, copy_index, embed, frechet_distance,
+                 kernel_inception_distance, kl_divergence, knn_radii2, manifold_metrics, mean_cov,
+                 metrics, mmd2_unbiased, nearest_two, real_side, recentre, to_model_input)
+from model import classifier_id
+from networks import network, save_model, use_network
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-# FID
+# the Fréchet distance
 
-def random_spd(d, rng, rank=None):
-    """A random symmetric positive semi-definite d x d matrix of the given rank."""
+def random_cov(d, rng, rank=None):
     A = rng.standard_normal((d, rank or d))
     return A @ A.T / d
 
-# -----------------------------------------------------------------------------
-# the maths
-
-def test_identical_statistics_give_zero():
+def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
-    mu, sigma = rng.standard_normal(128), random_spd(128, rng)
-    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-8)
+    mu, sigma = rng.standard_normal(5), random_cov(5, rng)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
+    # one dimension: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4 + 1)
+    # diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2
+    a, b = rng.uniform(0.1, 2, 4), rng.uniform(0.1, 2, 4)
+    expected = ((mu[:4] - 1) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu[:4], np.diag(a), np.ones(4), np.diag(b)) == pytest.approx(expected)
 
-def test_one_dimension_closed_form():
-    m1, s1, m2, s2 = 0.3, 2.0, -1.2, 0.5
-    expected = (m1 - m2) ** 2 + s1 + s2 - 2 * np.sqrt(s1 * s2)
-    assert frechet_distance([m1], [[s1]], [m2], [[s2]]) == pytest.approx(expected, rel=1e-12)
-
-def test_diagonal_closed_form():
+def test_frechet_distance_against_the_eigenvalues_of_the_product():
+    # tr(sqrt(s1 s2)) = the sum of the square roots of the eigenvalues of s1 s2 (all >= 0)
     rng = np.random.default_rng(1)
-    mu1, mu2 = rng.standard_normal(20), rng.standard_normal(20)
-    a, b = rng.uniform(0.1, 3, 20), rng.uniform(0.1, 3, 20)
-    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    mu1, mu2, s1, s2 = rng.standard_normal(6), rng.standard_normal(6), random_cov(6, rng), random_cov(6, rng)
+    tr = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-9)   # symmetric
 
-def test_independent_computation_via_eigenvalues_of_the_product():
-    # tr(sqrt(S1 S2)) = sum of the square roots of the eigenvalues of S1 S2, which are real
-    # and >= 0; numpy's general (non-symmetric) eigenvalue solver computes them another way
+def test_frechet_distance_of_singular_covariances_is_finite():
     rng = np.random.default_rng(2)
-    for d in (2, 10, 128):
-        mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-        s1, s2 = random_spd(d, rng), random_spd(d, rng)
-        ev = np.linalg.eigvals(s1 @ s2)
-        expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev.real.clip(0)).sum()
-        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
-
-def test_symmetry_and_rotation_invariance():
-    rng = np.random.default_rng(3)
-    mu1, mu2 = rng.standard_normal(16), rng.standard_normal(16)
-    s1, s2 = random_spd(16, rng), random_spd(16, rng)
-    d = frechet_distance(mu1, s1, mu2, s2)
-    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(d, rel=1e-10)
-    Q, _ = np.linalg.qr(rng.standard_normal((16, 16)))  # a random rotation
-    assert frechet_distance(Q @ mu1, Q @ s1 @ Q.T, Q @ mu2, Q @ s2 @ Q.T) == pytest.approx(d, rel=1e-10)
-
-def test_singular_covariances_stay_finite():
-    rng = np.random.default_rng(4)
-    # fewer samples than features, as with 10 generated images
-    f1, f2 = rng.standard_normal((10, 128)), rng.standard_normal((10, 128)) + 0.1
-    mu1, s1, mu2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
-    d = frechet_distance(mu1, s1, mu2, s2)
-    assert np.isfinite(d) and d >= 0
-    ev = np.linalg.eigvals(s1 @ s2)
-    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev.real.clip(0)).sum()
-    assert d == pytest.approx(expected, rel=1e-6)
-    # rank-deficient against itself, and all-zero covariances
-    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-8)
-    z = np.zeros((128, 128))
-    assert frechet_distance(mu1, z, mu2, z) == pytest.approx(((mu1 - mu2) ** 2).sum())
-    s_low = random_spd(128, rng, rank=3)
-    assert 0 <= frechet_distance(mu1, s_low, mu2, s2) < np.inf
-
-def test_samples_from_two_known_gaussians():
-    # the Fréchet distance of the sample statistics converges to the closed form
-    rng = np.random.default_rng(5)
-    mu1, mu2 = np.array([0.0, 1.0, -1.0]), np.array([0.5, 1.0, 0.0])
-    a, b = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 0.25])
-    x1 = mu1 + np.sqrt(a) * rng.standard_normal((400_000, 3))
-    x2 = mu2 + np.sqrt(b) * rng.standard_normal((400_000, 3))
-    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()  # 1.25 + 1.17...
-    got = frechet_distance(x1.mean(0), np.cov(x1, rowvar=False), x2.mean(0), np.cov(x2, rowvar=False))
-    assert got == pytest.approx(expected, abs=0.02)
-
-def test_bad_statistics_raise():
-    mu, s = np.zeros(3), np.eye(3)
-    with pytest.raises(ValueError, match='mu2 has shape'):
-        frechet_distance(mu, s, np.zeros(4), np.eye(4))
-    with pytest.raises(ValueError, match='sigma1 has shape'):
-        frechet_distance(mu, np.eye(2), mu, s)
-    with pytest.raises(ValueError, match='not symmetric'):
-        frechet_distance(mu, np.triu(np.ones((3, 3))), mu, s)
-    with pytest.raises(ValueError, match='NaN'):
-        frechet_distance(mu, s, np.array([0, np.nan, 0]), s)
-    with pytest.raises(ValueError, match=r'sigma2 is not positive semi-definite \(an eigenvalue of -1\)'):
-        frechet_distance(mu, s, mu, np.diag([1.0, -1.0, 2.0]))      # would score a distance, not an error
-    assert frechet_distance(mu, s, mu, np.diag([1.0, -1e-12, 2.0])) >= 0   # rounding below 0 is fine
-
-# -----------------------------------------------------------------------------
-# features and statistics
-
-def test_embed_equals_the_model_and_restores_its_mode():
-    torch.manual_seed(0)
-    model = Classifier().train()
-    x = torch.rand(53, 1, 32, 32)
-    for after_relu in (False, True):
-        f, p = embed(model, x, after_relu, batch_size=8)              # batches of 8, the last of 5
-        model.eval()
-        torch.testing.assert_close(f, model.features(x, after_relu=after_relu))
-        torch.testing.assert_close(p, model(x).softmax(1))              # dropout off
-        model.train()
-    assert model.training and f.shape == (53, model.feature_size()) and p.shape == (53, 10)
-    # the weights are back in their usual layout (embed stores the channels last on the CPU),
-    # also when a batch fails half-way (Ctrl-C)
-    assert all(w.is_contiguous() for w in model.parameters())
-    calls = []
-    def fail_second(x, after_relu):
-        conv = next(m for m in model.layers if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)   # 4-d weights
-        calls.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return Classifier.features_and_logits(model, x, after_relu)
-    model.features_and_logits = fail_second
-    with pytest.raises(KeyboardInterrupt):
-        embed(model, x, batch_size=8)
-    assert calls == [True, True]                                      # the fast layout was used
-    assert model.training and all(w.is_contiguous() for w in model.parameters())
+    s1, s2 = random_cov(8, rng, rank=3), random_cov(8, rng, rank=2)
+    d = frechet_distance(np.zeros(8), s1, np.zeros(8), s2)
+    assert np.isfinite(d) and d > 0
+    assert frechet_distance(np.zeros(8), s1, np.zeros(8), s1) == pytest.approx(0, abs=1e-7)
 
 def test_mean_cov_equals_numpy_also_with_a_large_mean():
-    rng = np.random.default_rng(0)
-    f = rng.standard_normal((500, 7)) * 1e-3 + 1e4                     # mean 1e7 times the spread
+    f = np.random.default_rng(3).standard_normal((500, 4)).astype(np.float32) + 1e4
     mu, sigma = mean_cov(torch.from_numpy(f))
-    np.testing.assert_allclose(mu, f.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-6)
-    with pytest.raises(ValueError, match='at least 2 images'):
-        mean_cov(torch.zeros(1, 3))
+    np.testing.assert_allclose(mu, f.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(f.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-9)
+
+def test_embed_is_the_model_in_eval_mode_a_batch_at_a_time():
+    model = network('blog').train()                   # dropout on: embed switches it off
+    x = torch.rand(23, 1, 32, 32)
+    f, probs = embed(model, x, after_relu=True, batch_size=5)   # 5 batches, the last of 3
+    with torch.no_grad():
+        f_all, logits = model.eval().features(x, after_relu=True)
+    torch.testing.assert_close(f, f_all, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs, logits.softmax(1), rtol=1e-5, atol=1e-6)
+    assert f.shape == (23, 128) and f.dtype == torch.float32
+    assert not torch.equal(embed(model, x, after_relu=False)[0], f)   # the flag reaches it
 
 # -----------------------------------------------------------------------------
 # KID
 
-def kid_by_loops(x, y):
-    """The unbiased MMD^2 written out pair by pair, in float64."""
-    d = x.shape[1]
-    k = lambda a, b: (a @ b / d + 1) ** 3
-    m, n = len(x), len(y)
-    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
-    return xx + yy - 2 * xy
-
 def test_mmd2_equals_a_double_loop_over_all_pairs():
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((12, 5)), rng.standard_normal((9, 5)) + 0.3
-    got = mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y))
-    assert got == pytest.approx(kid_by_loops(x, y), rel=1e-12)
-
-def test_kid_with_subsets_as_large_as_the_sets_is_the_full_mmd():
-    # every subset is then the whole set in another order: the same value each time
-    rng = np.random.default_rng(1)
-    x, y = torch.from_numpy(rng.standard_normal((15, 4))), torch.from_numpy(rng.standard_normal((15, 4)) + 0.2)
-    mean, std, m = kernel_inception_distance(x, y, subsets=5, subset_size=50)
-    assert m == 15 and std < 1e-12
-    assert mean == pytest.approx(kid_by_loops(x.numpy(), y.numpy()), rel=1e-10)
-
-def test_kid_subsets_are_drawn_without_replacement_from_the_seed():
-    rng = np.random.default_rng(2)
-    x, y = torch.from_numpy(rng.standard_normal((15, 4))), torch.from_numpy(rng.standard_normal((20, 4)))
-    g = torch.Generator().manual_seed(7)
-    ix, iy = torch.randperm(15, generator=g)[:10], torch.randperm(20, generator=g)[:10]
-    mean, std, m = kernel_inception_distance(x, y, subsets=1, subset_size=10, seed=7)
-    assert m == 10 and mean == pytest.approx(kid_by_loops(x[ix].numpy(), y[iy].numpy()), rel=1e-10)
-    assert kernel_inception_distance(y, x, subsets=1, subset_size=50)[2] == 15   # the smaller side
-
-def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3000, 16, generator=g), torch.randn(3000, 16, generator=g)
-    mean, std, m = kernel_inception_distance(a, b, subsets=50)
-    assert m == 1000 and abs(mean) < 3 * std / math.sqrt(50) + 1e-4
-    shifted, shifted_std, _ = kernel_inception_distance(a, b + 0.3, subsets=50)
-    assert shifted > 20 * std / math.sqrt(50) and shifted > 0
-    # unbiased, so not clipped: single draws of one distribution fall below 0 about half the time
-    values = [mmd2_unbiased(torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)) for _ in range(40)]
-    assert 5 < sum(v < 0 for v in values) < 35
+    x, y = torch.randn(7, 3, generator=g).double(), torch.randn(5, 3, generator=g).double() + 0.5
+    k = lambda a, b: (a @ b / 3 + 1) ** 3
+    kxx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    kyy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    kxy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / (7 * 5)
+    assert mmd2_unbiased(x, y) == pytest.approx((kxx + kyy - 2 * kxy).item(), rel=1e-10)
 
-def test_kid_is_float64_also_for_float32_features():
-    # pre-ReLU-like features (around -50): kernel values near 1e10, whose sums cancel;
-    # in float32 the result would be off by thousands
+def test_kid_subsets_and_what_it_measures():
     g = torch.Generator().manual_seed(0)
-    f1 = (torch.randn(300, 128, generator=g) * 5 - 50).float()
-    f2 = (torch.randn(300, 128, generator=g) * 5 - 50).float()
-    got = kernel_inception_distance(f1, f2, subsets=3, subset_size=200)
-    exact = kernel_inception_distance(f1.double(), f2.double(), subsets=3, subset_size=200)
-    assert got[0] == pytest.approx(exact[0], rel=1e-9) and got[1] == pytest.approx(exact[1], rel=1e-6)
-
-def test_kid_seed_and_too_few():
-    x, y = torch.randn(300, 8), torch.randn(300, 8)
-    assert kernel_inception_distance(x, y, 10, 100, seed=1) == kernel_inception_distance(x, y, 10, 100, seed=1)
-    assert kernel_inception_distance(x, y, 10, 100, seed=1) != kernel_inception_distance(x, y, 10, 100, seed=2)
-    with pytest.raises(ValueError, match='at least 2 images on each side'):
-        kernel_inception_distance(x[:1], y)
+    a, b = torch.randn(200, 16, generator=g), torch.randn(300, 16, generator=g)
+    mean, std, m = kernel_inception_distance(a, b[:200], subsets=3, subset_size=1000)
+    assert m == 200 and std == pytest.approx(0, abs=1e-12)     # every subset is the whole set
+    assert mean == pytest.approx(mmd2_unbiased(a.double(), b[:200].double()))
+    assert kernel_inception_distance(a, b, 5, 100, seed=1) == kernel_inception_distance(a, b, 5, 100, seed=1)
+    assert kernel_inception_distance(a, b, 5, 100, seed=1) != kernel_inception_distance(a, b, 5, 100, seed=2)
+    assert kernel_inception_distance(a, b, 5, 1000)[2] == 200  # at most the smaller set
+    assert abs(kernel_inception_distance(a, b, 20, 100)[0]) < 0.05             # one distribution
+    assert kernel_inception_distance(a, b + 1, 20, 100)[0] > 0.5               # shifted
 
 # -----------------------------------------------------------------------------
-# precision, recall, density and coverage
+# precision, recall, density, coverage
 
-def radii(a, k):
-    """Distance from each point of a to its k-th nearest other point, by sorting, in float64."""
-    return [sorted(np.linalg.norm(a - p, axis=1))[k] for p in a]   # [0] is the point itself
-
-def pr_brute_force(gen, real, k=3):
-    """Precision and recall with explicit loops over points, in float64."""
-    def inside(points, centres, r):
-        return np.mean([any(np.linalg.norm(c - p) <= rc for c, rc in zip(centres, r)) for p in points])
-    return inside(gen, real, radii(real, k)), inside(real, gen, radii(gen, k))
-
-def dc_brute_force(gen, real, k=5):
-    """Density and coverage as Naeem et al. write them, pair by pair, in float64."""
-    r = radii(real, k)
-    inside = [[np.linalg.norm(y - x) <= rx for x, rx in zip(real, r)] for y in gen]   # [gen][real]
-    density = sum(map(sum, inside)) / (k * len(gen))
-    coverage = np.mean([any(row[i] for row in inside) for i in range(len(real))])
-    return density, coverage
+def brute_force(gen, real, k_pr=3, k_dc=5):
+    d_rr, d_gg, d_gr = torch.cdist(real, real), torch.cdist(gen, gen), torch.cdist(gen, real)
+    r_real = d_rr.sort(1).values[:, k_pr]                               # [:, 0]: the point itself
+    r_gen = d_gg.sort(1).values[:, k_pr]
+    r_dc = d_rr.sort(1).values[:, k_dc]
+    precision = np.mean([any(d_gr[j, i] <= r_real[i] for i in range(len(real))) for j in range(len(gen))])
+    recall = np.mean([any(d_gr[j, i] <= r_gen[j] for j in range(len(gen))) for i in range(len(real))])
+    density = sum((d_gr[j] <= r_dc).sum().item() for j in range(len(gen))) / (k_dc * len(gen))
+    coverage = np.mean([(d_gr[:, i] <= r_dc[i]).any().item() for i in range(len(real))])
+    return precision, recall, density, coverage
 
 def test_manifold_metrics_against_brute_force():
-    rng = np.random.default_rng(0)
-    real = rng.standard_normal((60, 3))
-    gen = rng.standard_normal((45, 3)) * 0.6 + 0.8                     # narrower, shifted
-    p, r, d, c = manifold_metrics(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), block=7)
-    bp, br = pr_brute_force(gen, real)
-    bd, bc = dc_brute_force(gen, real)
-    assert (p, r) == pytest.approx((bp, br), abs=1e-12) and 0 < p < 1 and 0 < r < 1
-    assert (d, c) == pytest.approx((bd, bc), abs=1e-12) and 0 < c < 1 and d != p
-    assert knn_radii2(torch.from_numpy(real), k=1, block=5)[0] == pytest.approx(
-        min(((real[1:] - real[0]) ** 2).sum(1)))
-    # the cached radii give the same numbers as radii computed on the spot
-    t_real = torch.from_numpy(real).float()
-    cached = manifold_metrics(torch.from_numpy(gen).float(), t_real, knn_radii2(t_real, fid.PRECISION_K),
-                              knn_radii2(t_real, fid.DENSITY_K))
-    assert cached == (p, r, d, c)
-
-def clusters(centres, n_each, rng, spread=0.05):
-    return torch.from_numpy(np.concatenate([c + spread * rng.standard_normal((n_each, 2)) for c in centres])).float()
+    g = torch.Generator().manual_seed(0)
+    real, gen = torch.randn(60, 4, generator=g).double(), torch.randn(45, 4, generator=g).double() * 1.3 + 0.3
+    expected = brute_force(gen, real)
+    assert manifold_metrics(gen, real, block=7) == pytest.approx(expected, abs=1e-9)
+    radii = knn_radii2(real, (3, 5), block=11).unbind(1)                # known radii, passed in
+    assert manifold_metrics(gen, real, *radii) == pytest.approx(expected, abs=1e-9)
+    assert knn_radii2(real, 3, block=7).tolist() == pytest.approx(
+        (torch.cdist(real, real).sort(1).values[:, 3] ** 2).tolist())
 
 def test_manifold_metrics_on_known_point_clouds():
-    rng = np.random.default_rng(1)
-    centres = [(10.0 * i, 0.0) for i in range(10)]
-    real = clusters(centres, 100, rng)
-    # identical sets: each ball holds its own centre and the centre's k nearest neighbours,
-    # so density = (k + 1) / k exactly, and everything is covered. Integer coordinates keep
-    # every squared distance exact in float32, so no point on a ball's rim is lost to rounding
-    points = torch.from_numpy(rng.choice(1000, size=(300, 3))).float()
-    assert manifold_metrics(points, points) == (1.0, 1.0, (fid.DENSITY_K + 1) / fid.DENSITY_K, 1.0)
-    # a new sample of the same distribution: density about 1
-    p, r, d, c = manifold_metrics(torch.randn(3000, 2, dtype=torch.float64), torch.randn(3000, 2, dtype=torch.float64))
-    assert 0.9 < d < 1.1 and 0.9 < c < 1
-    far = real + 1000
-    assert manifold_metrics(far, real) == (0.0, 0.0, 0.0, 0.0)        # far apart
-    half = clusters(centres[:5], 200, rng)                           # covers half the clusters
-    p, r, d, c = manifold_metrics(half, real)
-    assert p > 0.95 and 0.45 < r < 0.55 and 0.45 < c < 0.55
-    with pytest.raises(ValueError, match='at least k \\+ 1 = 6 images'):
-        manifold_metrics(real[:5], real)
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(400, 2, generator=g)
+    half = torch.cat([real[real[:, 0] > 0][:150], torch.randn(50, 2, generator=g) + 30])
+    precision, recall, density, coverage = manifold_metrics(half, real)
+    assert precision == pytest.approx(0.75) and 0.3 < recall < 0.6    # 50 far away; half the real
+    assert 0.35 < coverage < 0.6 and 0.5 < density < 1.1
 
 # -----------------------------------------------------------------------------
-# digits
+# the digits
 
-def test_classifier_score_closed_forms():
-    even = torch.eye(10).repeat(7, 1)                                 # confident, every digit alike
-    assert classifier_score(even) == pytest.approx(10)
-    one = torch.zeros(50, 10)
-    one[:, 3] = 1
-    assert classifier_score(one) == pytest.approx(1)
-    assert classifier_score(torch.full((20, 10), 0.1)) == pytest.approx(1)   # no confidence
-    # two digits, each predicted with certainty: exp(log 2)
-    assert classifier_score(torch.eye(10)[[0, 1] * 5]) == pytest.approx(2)
+def test_classifier_score_and_digit_mix_closed_forms():
+    assert classifier_score(torch.eye(10).repeat(3, 1)) == pytest.approx(10)   # sure and varied
+    assert classifier_score(F.one_hot(torch.full((30,), 4), 10).float()) == pytest.approx(1)
+    assert classifier_score(torch.full((30, 10), 0.1)) == pytest.approx(1)      # never sure
+    p = torch.tensor([0.5, 0.5] + [0.0] * 8)
+    assert kl_divergence(p, torch.full((10,), 0.1)) == pytest.approx(math.log(5))
+    assert kl_divergence(p, p) == 0
 
-def test_digit_mix_kl():
-    q = torch.tensor([0.1] * 10)
-    assert kl_divergence(q, q) == 0
-    p = torch.tensor([0.2] * 5 + [0.0] * 5)                           # half the digits missing
-    assert kl_divergence(p, q) == pytest.approx(math.log(2))
+def digit_features(n, digits, g):
+    """Features (n, 4) clustered by digit, and their one-hot probabilities."""
+    pred = torch.tensor(digits)[torch.randint(0, len(digits), (n,), generator=g)]
+    return torch.randn(n, 4, generator=g) * 0.3 + pred[:, None].float(), F.one_hot(pred, 10).float()
 
-def test_report_digits_against_a_direct_count():
-    torch.manual_seed(0)
-    f_real, f_gen = torch.randn(400, 128), torch.randn(300, 128)
-    pred_real = torch.arange(400) % 10
-    probs = F.one_hot(torch.arange(300) % 5, 10).float() * 0.9 + 0.01   # digits 0-4 only, p 0.91
-    r = report_from_features(f_gen, probs, reference(f_real, pred_real))
-    assert r['digits_present'] == 5 and r['digit_kl'] == pytest.approx(math.log(2))
-    assert r['confidence'] == pytest.approx(0.91) and r['classifier_score'] < 5.1
-    # per digit: the confidence and KID of that digit's samples against that digit's real ones
-    sure = probs * torch.linspace(0.5, 1, 300)[:, None]              # confidence varies by sample
-    r2 = report_from_features(f_gen, sure, reference(f_real, pred_real), seed=3)
-    for d in (0, 4):
-        mine = torch.arange(300) % 5 == d
-        assert r2['digits'][d]['confidence'] == pytest.approx(sure[mine].max(1).values.double().mean().item())
-        assert r2['digits'][d]['kid'] == pytest.approx(
-            kernel_inception_distance(f_gen[mine], f_real[pred_real == d], fid.KID_DIGIT_SUBSETS, seed=3)[0])
-    assert [d['n'] for d in r['digits']] == [60] * 5 + [0] * 5
-    assert r['digits'][0]['share'] == pytest.approx(0.2) and r['digits'][0]['real_share'] == pytest.approx(0.1)
-    assert math.isnan(r['digits'][7]['kid']) and not math.isnan(r['digits'][2]['kid'])
+def test_metrics_against_direct_counts():
+    g = torch.Generator().manual_seed(0)
+    f_real, p_real = digit_features(400, list(range(10)), g)
+    f, probs = digit_features(300, [1, 2, 3, 7, 8], g)
+    real = real_side(f_real, p_real.argmax(1))
+    r = metrics(f, probs, real)
+    pred = probs.argmax(1)
+    for d in range(10):
+        assert r['digits'][d]['n'] == (pred == d).sum()
+        assert r['digits'][d]['share'] == pytest.approx((pred == d).double().mean().item())
+        assert r['digits'][d]['real_share'] == pytest.approx((p_real.argmax(1) == d).double().mean().item())
+    assert r['digits_present'] == 5 and math.isnan(r['digits'][0]['kid']) and r['digits'][1]['kid'] > -1
+    assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f), *mean_cov(f_real)))
+    assert r['kid'] == kernel_inception_distance(f, f_real)[0]
+    assert (r['precision'], r['recall'], r['density'], r['coverage']) == pytest.approx(manifold_metrics(f, f_real))
+    assert r['digit_kl'] == pytest.approx(kl_divergence(fid.digit_shares(pred), fid.digit_shares(p_real.argmax(1))))
+    assert r['classifier_score'] == pytest.approx(classifier_score(probs))
+    assert r['warnings'] == ['KID on subsets of 300, not 1000: noisier']
     stray = probs.clone()
-    stray[0] = F.one_hot(torch.tensor(9), 10)                         # 1 of 300 samples a 9: under 1%
-    assert report_from_features(f_gen, stray, reference(f_real, pred_real))['digits_present'] == 5
-    assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)))
-    # all 300 and all 400 rows take part (in another order): the same four numbers as on the spot
-    assert (r['precision'], r['recall'], r['density'], r['coverage']) == pytest.approx(manifold_metrics(f_gen, f_real))
-    assert (r['n'], r['n_real'], r['pr_n'], r['pr_n_real'], r['kid_subset']) == (300, 400, 300, 400, 300)
-    assert any('KID on subsets of 300' in w for w in r['warnings'])
-    assert any('rank-deficient' in w for w in report_from_features(f_gen[:50], probs[:50], reference(f_real, pred_real))['warnings'])
-    tiny = report_from_features(f_gen[:3], probs[:3], reference(f_real, pred_real))
-    assert math.isnan(tiny['precision']) and math.isnan(tiny['density']) and any('at least 6 images' in w for w in tiny['warnings'])
+    stray[0] = F.one_hot(torch.tensor(9), 10)                         # 1 of 300 a 9: under 1%
+    assert metrics(f, stray, real)['digits_present'] == 5
+    tiny = metrics(f[:3], probs[:3], real)                            # fewer than k + 1 images
+    assert math.isnan(tiny['precision']) and len(tiny['warnings']) == 3
 
-
-# -----------------------------------------------------------------------------
-# the report, the cache, the reference table and the command line, on a small model and set
-
-@pytest.fixture(scope='module')
-def small_mnist():
-    """600 training and 300 validation digits of the real MNIST."""
-    try:
-        x_train, y_train, x_val, y_val = load_mnist(ROOT / 'data')
-    except FileNotFoundError as e:
-        pytest.fail(f'these tests need the four real MNIST files in {ROOT / "data"} '
-                    f'(put the four .gz files there, or let mnist.py download them):\n{e}')
-    return x_train[:600], y_train[:600], x_val[:300], y_val[:300]
-
-@pytest.fixture
-def setup(tmp_path, small_mnist, monkeypatch):
-    """A random model's checkpoint; fid.py's training set is the 600 digits."""
-    torch.manual_seed(0)
-    model = Classifier().eval()
-    save_model(tmp_path / 'c.pt', model, epoch=0)
-    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small_mnist)
-    return tmp_path, model
-
-def run_fid(tmp_path, capsys, *args):
-    """`python fid.py ARGS`, in this process: (exit code, stdout, stderr)."""
-    argv = [*map(str, args), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
-            '--device', 'cpu']
-    try:
-        fid.main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-def test_train_reference_is_cached_per_checkpoint_and_features(setup, small_mnist, capsys, monkeypatch):
-    tmp_path, model = setup
-    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    f, p = embed(model, small_mnist[0][:, None])
-    torch.testing.assert_close(ref['f'], f)
-    np.testing.assert_allclose(ref['mu'], mean_cov(f)[0])
-    assert 'wrote' in capsys.readouterr().err
-    again = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)   # from the cache
-    assert capsys.readouterr().err == ''
-    for key in ('f', 'pred', 'radii2', 'radii2_dc', 'pr_idx'):
-        assert torch.equal(again[key], ref[key]), key
-    pre = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path, after_relu=False)
-    torch.testing.assert_close(pre['f'], embed(model, small_mnist[0][:, None], after_relu=False)[0])
-    # another checkpoint at the same path: recomputed
-    other = Classifier().eval()
-    save_model(tmp_path / 'c.pt', other, epoch=1)
-    capsys.readouterr()
-    new = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
-    torch.testing.assert_close(new['f'], embed(other, small_mnist[0][:, None])[0])
-    # a file at the cache's name that fid.py did not write, or one cut short: recomputed
-    cache = tmp_path / 'train_reference_post.npz'
-    whole = cache.read_bytes()
-    for damaged in (b'garbage', whole[:len(whole) // 2]):
-        cache.write_bytes(damaged)
-        again = fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-        assert 'is damaged or not a cache written by this code: recomputing' in capsys.readouterr().err
-        torch.testing.assert_close(again['f'], new['f'])
-    # other data (a new MNIST checksum) or an older cache format: recomputed
-    monkeypatch.setattr(fid, 'DATA_ID', 'other data')
-    fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'was made by another' in capsys.readouterr().err
-    monkeypatch.setattr(fid, 'REFERENCE_VERSION', 1)
-    fid.train_reference(other, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert 'was made by another' in capsys.readouterr().err
-
-def test_each_cache_has_its_own_version(setup, monkeypatch, capsys):
-    # the copy cache holds pixels only: a new feature-cache version must not rebuild it
-    tmp_path, _ = setup
-    built = fid.train_copy_reference(out_dir=tmp_path)
-    assert 'wrote' in capsys.readouterr().err
-    monkeypatch.setattr(fid, 'REFERENCE_VERSION', fid.REFERENCE_VERSION + 1)
-    cached = fid.train_copy_reference(out_dir=tmp_path)
-    assert capsys.readouterr().err == ''                              # read from the cache, unchanged
-    assert cached['tau'] == built['tau'] and all(torch.equal(cached[k], built[k]) for k in ('train', 'mean', 'axes', 'z'))
-    assert cached['tau'] == np.load(tmp_path / 'train_copies.npz')['tau']   # as computed, not altered on the way
-    monkeypatch.setattr(fid, 'COPIES_VERSION', fid.COPIES_VERSION + 1)
-    fid.train_copy_reference(out_dir=tmp_path)
-    assert 'was made by another classifier, data or version: recomputing' in capsys.readouterr().err
-
-def test_report_of_images_equals_the_report_of_their_features(setup, small_mnist):
-    tmp_path, model = setup
-    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    x = small_mnist[2][:, 2:30, 2:30]                                 # (300, 28, 28) as a generator writes them
-    r = report(model, x, ref, classifier='abc')
-    direct = report_from_features(*embed(model, pad(x)[:, None]), ref)
-    for key in ('fid', 'kid', 'kid_std', 'precision', 'recall', 'classifier_score', 'digit_kl', 'digits_present'):
-        assert r[key] == direct[key], key
-    assert r['classifier'] == 'abc' and r['features'] == 'post' and r['n'] == 300
-
-def test_reference_table_on_a_small_set(setup, small_mnist, capsys):
-    tmp_path, model = setup
-    x_train, y_train, x_val, y_val = small_mnist
-    args = argparse.Namespace(features='post', seed=0, batch_size=128, out_dir=tmp_path)
-    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path)
-    assert torch.equal(ref['copy']['z'], fid.copy_reference(x_train[:, None], x_val[:, None])['z'])   # the copy search
-    results = fid.reference_table(model, ref, x_train[:, None], x_val[:, None], y_val, args, 'abc')
-    out = capsys.readouterr().out
-    assert list(results) == ['validation set vs train', 'validation digits 0-4 only', 'validation blurred (3x3 box)',
-                             'validation + noise sigma 0.1', 'validation + noise sigma 0.5', 'Gaussian noise vs train',
-                             'training digits, copied', 'training digits moved 1 pixel', 'half copies, half validation']
-    assert results['validation digits 0-4 only']['n'] == int((y_val < 5).sum())
-    fid_of = lambda x: frechet_distance(*mean_cov(embed(model, x)[0]), ref['mu'], ref['sigma'])
-    assert results['validation set vs train']['fid'] == pytest.approx(fid_of(x_val[:, None]))
-    blurred = F.avg_pool2d(x_val[:, None], 3, stride=1, padding=1)  # an independent 3x3 box filter
-    assert results['validation blurred (3x3 box)']['fid'] == pytest.approx(fid_of(blurred))
-    # the memorisers: 300 of the 600 training digits, as they are, moved, and half of them
-    assert results['training digits, copied']['copies'] == 1.0
-    assert results['training digits moved 1 pixel']['copies'] == 1.0
-    assert results['training digits moved 1 pixel']['fid'] != results['training digits, copied']['fid']
-    assert 0.48 <= results['half copies, half validation']['copies'] <= 0.52
-    assert results['validation set vs train']['copies'] == pytest.approx(0.01)   # calibrated on these
-    assert results['Gaussian noise vs train']['copies'] == 0
-    assert '| validation set vs train | 300 |' in out and '| 0.30 |' in out and '| 100.0% |' in out
-    assert 'yardstick: classifier abc | features post' in out
-    assert not list(tmp_path.glob('*.png'))   # the table draws no figures
-
-def test_cli_report_card(setup, small_mnist, capsys):
-    tmp_path, model = setup
-    np.save(tmp_path / 'gen.npy', (small_mnist[2][:, 2:30, 2:30].numpy() * 255).round().astype(np.uint8))
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
-    assert code == 0, err
-    ref = fid.train_reference(model, tmp_path / 'c.pt', out_dir=tmp_path / 'out')
-    r = report(model, np.load(tmp_path / 'gen.npy'), ref)
-    cid = hashlib.sha256((tmp_path / 'c.pt').read_bytes()).hexdigest()[:12]
-    assert f'{r["fid"]:10.4f}' in out
-    assert f'{r["kid"]:10.4g}' in out and f'{r["precision"]:10.3f}' in out and f'{r["recall"]:10.3f}' in out
-    assert f'yardstick: classifier {cid} | features post ({model.feature_size()}) | N 300 vs 600' in out
-    assert f'classifier {cid} ({tmp_path / "c.pt"}): {model.summary()}' in out     # the network it measures with
-    assert f"'images': '{tmp_path / 'gen.npy'}', 'features': 'post'" in out        # the configuration, first
-    assert 'scored in' in out and 'rank-deficient' not in err
-    assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
-    # --save-stats: mu and sigma of these images, with the yardstick they were measured by
-    stats = np.load(tmp_path / 's.npz')
-    assert (stats['classifier'], stats['features'], stats['n']) == (cid, 'post', 300)
-    f = embed(model, pad(torch.from_numpy(np.load(tmp_path / 'gen.npy')).float() / 255)[:, None])[0]
-    np.testing.assert_allclose(stats['mu'], mean_cov(f)[0], rtol=1e-6)
-    np.testing.assert_allclose(stats['sigma'], mean_cov(f)[1], rtol=1e-5, atol=1e-9)
-    assert run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--features', 'pre', '--save-stats', tmp_path / 'p.npz')[0] == 0
-    assert np.load(tmp_path / 'p.npz')['features'] == 'pre'
-
-def test_cli_warns_for_few_images(setup, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'few.npy', np.random.default_rng(0).uniform(0, 1, (20, 28, 28)))
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'few.npy')
-    assert code == 0 and 'rank-deficient' in err and 'KID on subsets of 20' in err
-
-def test_cli_bad_input(setup, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'nan.npy', np.full((10, 28, 28), np.nan, np.float32))
-    np.save(tmp_path / 'signed.npy', np.full((10, 28, 28), -0.5, np.float32))
-    (tmp_path / 'empty.npy').write_bytes(b'')
-    for name, message in (('nan.npy', 'NaN or infinite'), ('signed.npy', '(x + 1) / 2'),
-                          ('empty.npy', 'not a readable .npy'), ('missing.npy', 'no such file')):
-        code, out, err = run_fid(tmp_path, capsys, tmp_path / name)
-        assert code == 1 and message in err and name in err and 'Traceback' not in err, name
-
-@pytest.mark.parametrize('argv, message', [
-    (['a.npy', 'b.npy'], 'unrecognized arguments: b.npy'),
-    (['--save-stats', 's.npz'], '--save-stats needs images'),
-    (['a.npy', '--batch-size', '0'], '--batch-size must be at least 1, got 0'),
-    (['a.npy', '--device', 'gpu'], "'gpu' is not a torch device"),
-    (['a.npy', '--features', 'mid'], "invalid choice: 'mid'"),
-])
-def test_cli_bad_arguments(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        fid.main(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err
-
-def test_cli_flags_reach_the_report(setup, small_mnist, monkeypatch, capsys):
-    tmp_path, model = setup
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:, 2:30, 2:30].numpy())
-    asked, batches = [], []
-    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: (asked.append(data_dir), small_mnist)[1])
-    real_embed = fid.embed
-    monkeypatch.setattr(fid, 'embed', lambda *a: (batches.append(a[3]), real_embed(*a))[1])
-    code, out0, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--data-dir', 'elsewhere', '--batch-size', 64)
-    assert code == 0, err
-    assert set(asked) == {'elsewhere'} and set(batches) == {64}   # both caches built from --data-dir
-    # --seed draws other KID subsets: another KID, the same FID
-    code, out1, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--seed', 1)
-    line = lambda out, name: next(l for l in out.splitlines() if l.strip().startswith(name))
-    assert line(out0, 'FID') == line(out1, 'FID') and line(out0, 'KID') != line(out1, 'KID')
-    # --features pre: the pre-ReLU features, and a yardstick that says so
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--features', 'pre')
-    f_real = embed(model, small_mnist[0][:, None], after_relu=False)[0]
-    f_gen = embed(model, small_mnist[2][:, None], after_relu=False)[0]
-    assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
-    assert f'| features pre ({model.feature_size()}) |' in out and 'real vs real at 10,000' not in out
-
-def test_precision_recall_use_a_random_subset_of_at_most_pr_n(monkeypatch):
-    # 400 generated points: the first 100 far away, the rest on the real points; with
-    # MANIFOLD_N = 100 the report must draw 100 at random (about 3/4 of them good), not the first 100
+def test_precision_and_recall_use_a_seeded_random_subset_of_at_most_manifold_n(monkeypatch):
+    # the first 100 of 400 samples lie far away: a random 100 of them has about 3/4 good ones
     monkeypatch.setattr(fid, 'MANIFOLD_N', 100)
     g = torch.Generator().manual_seed(0)
-    real = torch.randn(300, 8, generator=g)
-    gen = torch.cat([torch.randn(100, 8, generator=g) + 100, real[torch.randint(0, 300, (300,), generator=g)]])
-    probs = torch.full((400, 10), 0.1)
-    r = report_from_features(gen, probs, reference(real, torch.arange(300) % 10))
-    assert (r['pr_n'], r['pr_n_real']) == (100, 100)
-    assert 0.6 < r['precision'] < 0.9
+    f_real = torch.randn(300, 8, generator=g)
+    f = torch.cat([torch.randn(100, 8, generator=g) + 100, f_real[torch.randint(0, 300, (300,), generator=g)]])
+    r = metrics(f, torch.full((400, 10), 0.1), real_side(f_real, torch.arange(300) % 10))
+    assert (r['pr_n'], r['pr_n_real']) == (100, 100) and 0.6 < r['precision'] < 0.9
 
 # -----------------------------------------------------------------------------
-# copies of the training set
+# copies of the training set, on real digits
 
-def test_recentre_undoes_whole_pixel_shifts():
-    x = load_mnist(ROOT / 'data')[2][:200]                           # (200, 32, 32) test digits
-    centred = fid.recentre(x)
-    for dy, dx in ((1, 0), (0, -1), (2, 2), (-3, 1)):
-        assert torch.equal(fid.recentre(x.roll((dy, dx), dims=(1, 2))), centred)
-    # the centre of mass of every re-centred digit is within half a pixel of (16, 16)
-    r = torch.arange(32.0)
-    mass = centred.sum((1, 2))
+def test_recentre_undoes_whole_pixel_shifts(mnist_data):
+    x = mnist_data[2][:200]
+    centred = recentre(x)
+    for shift in ((1, 0), (0, -1), (2, 2), (-3, 1)):
+        assert torch.equal(recentre(x.roll(shift, dims=(1, 2))), centred)
+    r, mass = torch.arange(32.0), centred.sum((1, 2))
     cy, cx = (centred.sum(2) * r).sum(1) / mass, (centred.sum(1) * r).sum(1) / mass
     assert (cy - 16).abs().max() <= 0.5 and (cx - 16).abs().max() <= 0.5
-    assert torch.equal(fid.recentre(torch.zeros(2, 32, 32)), torch.zeros(2, 32, 32))   # blank: no NaN
+    assert torch.equal(recentre(torch.zeros(2, 32, 32)), torch.zeros(2, 32, 32))   # blank: no NaN
 
 def test_nearest_two_against_brute_force(monkeypatch):
     g = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (50, 1, 32, 32), generator=g) / 255 * (torch.rand(50, 1, 32, 32, generator=g) > 0.8)
     x = torch.rand(30, 1, 32, 32, generator=g) * 0.5
     x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
-    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training image a candidate
-    copy_ref = fid.copy_reference(train, train[:10])
-    ratio, d1, j = fid.nearest_two(x, copy_ref, block=7, chunk=16)  # chunks of 16, 16, 16 and 2 training images
-    t = fid.recentre(train[:, 0]).flatten(1)                          # (50, 1024)
-    d = torch.cdist(fid.recentre(x[:, 0]).flatten(1).double(), t.double())   # (30, 50) every distance
+    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training digit
+    index = copy_index(train, train[:10])
+    ratio, d1, j = nearest_two(x, index, block=7, chunk=16)           # chunks of 16, 16, 16, 2
+    d = torch.cdist(recentre(x[:, 0]).flatten(1).double(), recentre(train[:, 0]).flatten(1).double())
     top2 = d.topk(2, 1, largest=False)
     torch.testing.assert_close(d1.double(), top2.values[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ratio.double(), top2.values[:, 0] / top2.values[:, 1], rtol=1e-5, atol=1e-5)
-    assert torch.equal(j, top2.indices[:, 0]) and j[:5].tolist() == [7, 3, 3, 40, 0]
-    assert (ratio[:5] == 0).all()
-    # with 8 candidates out of chunks of 16: the copies still find their originals
-    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)
-    assert fid.nearest_two(x, copy_ref, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
-
-def test_tau_is_the_share_of_the_calibration_digits():
-    x_train, _, x_val, _ = load_mnist(ROOT / 'data')
-    copy_ref = fid.copy_reference(x_train[:2000, None], x_val[:700, None])
-    ratio = fid.nearest_two(x_val[:700, None], copy_ref)[0]
-    assert int((ratio <= copy_ref['tau']).sum()) == math.ceil(fid.COPY_RATE * 700)  # 7 of 700
-    assert copy_ref['train'].dtype == torch.uint8 and torch.equal(
-        copy_ref['train'].float() / 255, fid.recentre(x_train[:2000]).flatten(1))  # exact as uint8
+    assert torch.equal(j, top2.indices[:, 0]) and (ratio[:5] == 0).all()
+    monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)                    # the default finds them too
+    assert nearest_two(x, index, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
 
 @pytest.fixture(scope='module')
-def memorisers():
-    """The copy reference of 5,000 real training digits, calibrated on 1,000 test digits;
-    1,000 training digits to copy from, and 2,000 other test digits as new digits."""
-    x_train, _, x_val, _ = load_mnist(ROOT / 'data')
-    copy_ref = fid.copy_reference(x_train[:5000, None], x_val[:1000, None])
-    g = torch.Generator().manual_seed(0)
-    copied = x_train[torch.randperm(5000, generator=g)[:1000], None]  # (1000, 1, 32, 32)
-    return copy_ref, copied, x_val[1000:3000, None], g
+def memorisers(mnist_data):
+    """The copy index of 5,000 training digits calibrated on 1,000 test digits, 1,000 of the
+    training digits to copy, and 2,000 other test digits: new digits."""
+    x_train, _, x_val, _ = mnist_data
+    index = copy_index(x_train[:5000, None], x_val[:1000, None])
+    copied = x_train[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:1000], None]
+    return index, copied, x_val[1000:3000, None]
 
-def test_copies_of_every_kind_are_found(memorisers):
-    copy_ref, copied, new, g = memorisers
-    rate = lambda x: fid.copies(x, copy_ref)[0]
-    assert rate(copied) >= 0.95
-    assert 0.45 <= rate(torch.cat([copied[:500], new[:500]])) <= 0.55
-    for shift in ((0, 1), (1, 0), (-1, 1), (2, 0), (2, -2)):          # moved by 1 and by 2 pixels
+def test_tau_is_the_share_of_the_calibration_digits(memorisers, mnist_data):
+    index = memorisers[0]
+    ratio = nearest_two(mnist_data[2][:1000, None], index)[0]
+    assert int((ratio <= index['tau']).sum()) == math.ceil(fid.COPY_RATE * 1000)   # 10 of 1,000
+    assert index['train'].dtype == torch.uint8
+    assert torch.equal(index['train'].float() / 255, recentre(mnist_data[0][:5000]).flatten(1))
+
+def test_copies_of_every_kind_are_found_and_new_digits_are_not(memorisers):
+    index, copied, new = memorisers
+    rate = lambda x: copies(x, index)[0]
+    assert rate(copied) >= 0.95 and 0.45 <= rate(torch.cat([copied[:500], new[:500]])) <= 0.55
+    for shift in ((0, 1), (1, 0), (-1, 1), (2, -2)):                  # moved by 1 and 2 pixels
         assert rate(copied.roll(shift, dims=(2, 3))) >= 0.9, shift
-    noisy = (copied + 0.05 * torch.randn(copied.shape, generator=g)).clamp(0, 1)
-    assert rate(noisy) >= 0.85
+    g = torch.Generator().manual_seed(0)
+    assert rate((copied + 0.05 * torch.randn(copied.shape, generator=g)).clamp(0, 1)) >= 0.85
+    assert rate(new) <= 0.02                                          # about COPY_RATE
+    assert rate(F.avg_pool2d(new, 3, stride=1, padding=1)) <= 0.005   # blurred new digits
+    assert rate(torch.rand(300, 1, 32, 32, generator=g)) == 0 and rate(torch.zeros(10, 1, 32, 32)) == 0
 
-def test_new_digits_however_bad_are_not_copies(memorisers):
-    copy_ref, copied, new, g = memorisers
-    rate = lambda x: fid.copies(x, copy_ref)[0]
-    assert rate(new) <= 0.02                                          # new digits: about COPY_RATE
-    assert rate(fid.blur(new)) <= 0.005
-    assert rate(torch.rand(1000, 1, 32, 32, generator=g)) == 0
-    assert rate(torch.zeros(10, 1, 32, 32)) == 0                     # blank images
+# -----------------------------------------------------------------------------
+# the readers of generated digits
 
-def test_score_equals_the_cli_and_draws_the_copies(setup, small_mnist, monkeypatch, capsys):
-    tmp_path, model = setup
-    x = small_mnist[0][:200, 2:30, 2:30].numpy()                      # 200 training digits, copied
+@pytest.mark.parametrize('shape', [(6, 28, 28), (6, 1, 28, 28), (6, 28, 28, 1), (6, 784)])
+def test_every_layout_of_28x28_digits_gives_the_padded_images(shape):
+    x = torch.rand(6, 28, 28)
+    assert torch.equal(to_model_input(x.reshape(shape)), F.pad(x, (2, 2, 2, 2))[:, None])
+
+def test_images_in_shape_are_used_as_they_are_and_uint8_is_scaled():
+    x = torch.rand(4, 1, 32, 32)
+    assert to_model_input(x).data_ptr() == x.data_ptr()             # not copied, not changed
+    u = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
+    assert torch.equal(to_model_input(u.numpy()), u[:, None].float() / 255)
+    y = x.double()
+    y[0, 0, 0, 0], y[1, 0, 0, 0] = -1e-7, 1 + 1e-7                   # a generator's rounding
+    assert to_model_input(y).min() == 0 and to_model_input(y).max() == 1
+
+@pytest.mark.parametrize('x, message', [   # the error's last words
+    (np.zeros((5, 30, 30)), 'got shape (5, 30, 30)'),
+    (np.zeros((1, 28, 28)), 'got shape (1, 28, 28)'),
+    (np.zeros((5, 28, 28, 3)), 'got shape (5, 28, 28, 3)'),
+    (np.full((5, 28, 28), 255, np.int64), 'expected float images in [0, 1] or uint8 0-255, got torch.int64'),
+    (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28),
+     'found values from -1 to 1: they look like [-1, 1], map them with (x + 1) / 2'),
+    (np.linspace(0, 255, 5 * 784).reshape(5, 28, 28), 'found values from 0 to 255'),
+    (np.full((5, 28, 28), np.nan), 'found values from nan to nan'),
+])
+def test_digits_the_scorer_does_not_take_are_one_value_error(x, message):
+    with pytest.raises(ValueError) as e:
+        to_model_input(x, 'samples')
+    assert str(e.value).startswith('samples: ') and str(e.value).endswith(message)
+
+def gray_png(path, a):
+    """An 8-bit grayscale PNG of a (H, W) uint8, written by hand: signature, IHDR, IDAT, IEND."""
+    chunk = lambda kind, data: (struct.pack('>I', len(data)) + kind + data
+                                + struct.pack('>I', zlib.crc32(kind + data)))
+    rows = b''.join(b'\0' + row.tobytes() for row in a)              # filter 0 before each row
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', *a.shape[::-1], 8, 0, 0, 0, 0))
+                     + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+
+def test_png_folders_npy_and_pt_read_alike(tmp_path):
+    from matplotlib.image import imsave
+    x = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    for folder in ('gray', 'rgb'):
+        (tmp_path / folder).mkdir()
+        for i in (2, 0, 1):                           # read in name order, as pytorch-fid does
+            a = x[i].numpy()
+            if folder == 'gray':
+                gray_png(tmp_path / folder / f'{i:03d}.png', a)
+            else:                                     # gray saved as colour: RGBA
+                imsave(tmp_path / folder / f'{i:03d}.png', np.stack([a] * 3, -1))
+    np.save(tmp_path / 'x.npy', x.numpy())
+    torch.save(x, tmp_path / 'x.pt')
+    expected = to_model_input(x)
+    for path in ('gray', 'rgb', 'x.npy', 'x.pt'):
+        assert torch.equal(fid.load_images(tmp_path / path), expected), path
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='empty: a folder without .png images'):
+        fid.load_images(tmp_path / 'empty')
+    with pytest.raises(ValueError, match=r'x.txt: expected a .npy or .pt file, or a folder of PNG images'):
+        fid.load_images(tmp_path / 'x.txt')
+
+# -----------------------------------------------------------------------------
+# the report card, its cache and the command, on 600 training and 300 test digits
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, mnist_data):
+    """A random classifier's checkpoint in tmp_path/c.pt; fid.py's MNIST is 600 training and
+    300 test digits."""
+    small = mnist_data[0][:600], mnist_data[1][:600], mnist_data[2][:300], mnist_data[3][:300]
+    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small)
+    torch.manual_seed(0)
+    model = model_py.Classifier().eval()
+    save_model(tmp_path / 'c.pt', model)
+    return tmp_path, model, small
+
+def run(tmp_path, *args):
+    fid.main([*map(str, args), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
+              '--device', 'cpu'])
+
+def test_the_report_card(setup, capsys):
+    tmp_path, model, (x_train, _, x_val, _) = setup
+    np.save(tmp_path / 'gen.npy', x_val[:200, 2:30, 2:30].numpy())   # 28x28, as generators write
+    run(tmp_path, tmp_path / 'gen.npy', '--seed', 3, '--save-stats', tmp_path / 's' / 'gen.npz')
+    out = capsys.readouterr().out
+    f, probs = embed(model, x_val[:200, None])
+    f_train, p_train = embed(model, x_train[:, None])
+    r = metrics(f, probs, real_side(f_train, p_train.argmax(1), seed=3), seed=3)
+    assert f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians' in out
+    assert f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over 100 subsets of 200' in out
+    for key in ('precision', 'recall', 'density', 'coverage'):
+        assert f'  {key:18s}{r[key]:10.3f}   ' in out
+    assert f'  digits present    {r["digits_present"]:7d}/10' in out
+    assert (f'yardstick: classifier {classifier_id(model)} | features post (128) | N 200 vs 600 '
+            f'(KID subsets of 200; precision/recall 200 vs 600, k = 3; density/coverage k = 5)') in out
+    assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
+    with np.load(tmp_path / 's' / 'gen.npz') as z:
+        np.testing.assert_array_equal(z['mu'], r['mu'])
+        np.testing.assert_array_equal(z['sigma'], r['sigma'])
+        assert (z['classifier'], z['features'], z['n']) == (classifier_id(model), 'post', 200)
+
+def test_score_equals_the_command_and_sees_copies(setup, monkeypatch, capsys):
+    tmp_path, model, (x_train, _, _, _) = setup
+    x = x_train[:200].numpy()                         # 200 training digits, copied
     np.save(tmp_path / 'gen.npy', x)
     printed = {}
-    monkeypatch.setattr(fid, 'print_report', lambda r, name, real_name: printed.update(r))
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--seed', 2)
-    assert code == 0, err
-    r = fid.score(torch.from_numpy(x), checkpoint=tmp_path / 'c.pt', out_dir=tmp_path / 'out', device='cpu', seed=2)
+    monkeypatch.setattr(fid, 'print_report', lambda r, name: printed.update(r))
+    run(tmp_path, tmp_path / 'gen.npy', '--features', 'pre')
+    r = fid.score(x, checkpoint=tmp_path / 'c.pt', features='pre', out_dir=tmp_path / 'out', device='cpu')
     for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies', 'classifier_score',
                 'digit_kl', 'classifier', 'features', 'n'):
         assert r[key] == printed[key], key
-    assert r['copies'] == 1.0 and r['classifier'] == classifier_id(tmp_path / 'c.pt')
-    for key in ('copy_ratio', 'copy_distance', 'nearest_train', 'pred', 'confidence'):
-        assert torch.equal(r['per_sample'][key], printed['per_sample'][key]), key
-    # score()'s features flag reaches the report
-    pre = fid.score(torch.from_numpy(x), checkpoint=tmp_path / 'c.pt', out_dir=tmp_path / 'out', device='cpu',
-                    features='pre')
-    f_pre = embed(model, pad(torch.from_numpy(x))[:, None], after_relu=False)[0]
-    f_real = embed(model, small_mnist[0][:, None], after_relu=False)[0]
-    assert pre['features'] == 'pre' and pre['fid'] == pytest.approx(frechet_distance(*mean_cov(f_pre), *mean_cov(f_real)))
-    assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # each copy found its original
-    assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
-    # the figure: each sample beside its nearest training digit, the most copy-like first
-    drawn = {}
-    monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **kw: drawn.update(tiles=tiles, title=title, **kw))
-    copy_ref = fid.train_copy_reference(out_dir=tmp_path / 'out')
-    fid.plot_copies(to_model_input(x, 'x'), r, copy_ref, tmp_path / 'c.png', n=6, per_row=4)
-    tiles = drawn['tiles']                                            # (2, 8, 32, 32): 4 pairs a row
-    assert tiles.shape == (2, 8, 32, 32) and np.isnan(tiles[1, 4:]).all()   # 6 pairs, then blanks
-    first = int(r['per_sample']['copy_ratio'].argsort()[0])
-    np.testing.assert_array_equal(tiles[0, 0], fid.recentre(pad(torch.from_numpy(x[first:first + 1])))[0].numpy())
-    np.testing.assert_array_equal(tiles[0, 0], tiles[0, 1])          # an exact copy beside its original
-    assert drawn['tile_labels'][0][:2] == ['r 0.00', 'd 0.0'] and '100.0% copies' in drawn['title']
+    assert r['features'] == 'pre' and r['copies'] == 1.0
+    assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # each found its original
+    f_pre = embed(model, torch.from_numpy(x)[:, None], after_relu=False)[0]
+    f_train = embed(model, x_train[:, None], after_relu=False)[0]
+    assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_pre), *mean_cov(f_train)))
 
-def test_save_stats_never_writes_over_the_input_and_seed_range(setup, small_mnist, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
-    before = (tmp_path / 'gen.npy').read_bytes()
-    for argv in (['--save-stats', tmp_path / 'gen.npy'], ['--seed', -1], ['--save-stats', tmp_path / 'gen.npz.bak']):
-        with pytest.raises(SystemExit) as e:
-            fid.main([str(tmp_path / 'gen.npy'), *map(str, argv)])
-        assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert 'gen.npy: statistics files end in .npz' in err and 'argument --seed: -1 is not in [0, 2**64)' in err
-    assert 'gen.npz.bak: statistics files end in .npz' in err
-    assert (tmp_path / 'gen.npy').read_bytes() == before
-
-def test_cli_ctrl_c_and_an_unusable_out_dir(setup, small_mnist, monkeypatch, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
+def test_the_training_side_is_cached_per_classifier_and_features(setup, monkeypatch, capsys):
+    tmp_path, model, _ = setup
+    out = tmp_path / 'out'
+    embedded = []
     real_embed = fid.embed
-    def interrupted(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(fid, 'embed', interrupted)                    # Ctrl-C while building the cache
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
-    assert code == 130 and 'interrupted' in err and 'Traceback' not in err
-    assert [p.name for p in (tmp_path / 'out').iterdir() if p.name.startswith('.')] == []
-    monkeypatch.setattr(fid, 'embed', real_embed)
-    (tmp_path / 'file').write_bytes(b'')
-    with pytest.raises(SystemExit) as e:
-        fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file')])
-    assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in capsys.readouterr().err
+    monkeypatch.setattr(fid, 'embed', lambda *a, **k: (embedded.append(1), real_embed(*a, **k))[1])
+    a = fid.training_side(model, out_dir=out)
+    b = fid.training_side(model, out_dir=out)         # from the cache: the same numbers
+    assert len(embedded) == 1 and torch.equal(a['f'], b['f']) and torch.equal(a['pred'], b['pred'])
+    assert all(torch.equal(a['copy'][k], b['copy'][k]) for k in a['copy'])
+    fid.training_side(model, after_relu=False, out_dir=out)            # pre: its own file
+    other = network('blog', seed=1)
+    other.layers = model_py.Classifier().layers
+    c = fid.training_side(other, out_dir=out)                          # another classifier: anew
+    assert len(embedded) == 3 and not torch.equal(c['f'], a['f'])
+    assert sorted(p.name for p in out.iterdir()) == ['train_copies.npz', 'train_features_post.npz',
+                                                     'train_features_pre.npz']
+    assert capsys.readouterr().err.count('wrote') == 4                 # the copy index once
 
-def test_save_stats_into_a_folder_in_the_way(setup, small_mnist, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
-    (tmp_path / 's.npz').mkdir()
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
-    assert code == 1 and f'cannot write {tmp_path / "s.npz"}: a folder is in the way' in err and 'Traceback' not in err
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
+def test_the_table_of_known_failures(setup, capsys, monkeypatch):
+    tmp_path, model, _ = setup
+    monkeypatch.setattr(fid, 'KID_SUBSETS', 10)
+    run(tmp_path)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
+    assert rows[0].startswith('| compared (post features) | N | FID | final post |')
+    cells = {row.split(' | ')[0][2:]: row.split(' | ') for row in rows[1:]}
+    assert cells['validation set vs train'][1:4] == ['300', cells['validation set vs train'][2], '0.30']
+    assert cells['validation digits 0-4 only'][1] == str((setup[2][3] < 5).sum().item())
+    assert cells['training digits, copied'][-4] == '100.0%'            # copies sees the copier
 
-def test_cli_damaged_files_are_one_line_each(setup, small_mnist, capsys):
-    tmp_path, model = setup
-    np.save(tmp_path / 'images.npy', small_mnist[2][:20].numpy())
-    whole = (tmp_path / 'images.npy').read_bytes()
-    (tmp_path / 'cut.npy').write_bytes(whole[:len(whole) // 2])          # cut short
-    np.savez(tmp_path / 'archive.npz', x=small_mnist[2][:20].numpy())
-    (tmp_path / 'archive.npz').rename(tmp_path / 'renamed.npy')          # an archive, not an array
-    (tmp_path / 'images.npy').rename(tmp_path / 'images.npz')            # not a file of images
-    torch.save(small_mnist[2][:20].to_sparse(), tmp_path / 'sparse.pt')
-    nan = {k: v.clone().fill_(float('nan')) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save({'model': nan, 'architecture': model.architecture(), 'epoch': 3}, tmp_path / 'nan.pt')
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:20].numpy())
-    for argv, named in (([tmp_path / 'cut.npy'], 'cut.npy'), ([tmp_path / 'renamed.npy'], 'renamed.npy'),
-                        ([tmp_path / 'images.npz'], 'images.npz'),
-                        ([tmp_path / 'sparse.pt'], 'sparse.pt'),
-                        ([tmp_path / 'gen.npy', '--checkpoint', tmp_path / 'nan.pt'], 'nan.pt')):
+def test_an_edited_network_scores_with_its_own_features(tmp_path, monkeypatch, mnist_data, capsys):
+    model = use_network(monkeypatch, 'wider').eval()
+    save_model(tmp_path / 'c.pt', model)
+    small = mnist_data[0][:300], mnist_data[1][:300], mnist_data[2][:100], mnist_data[3][:100]
+    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small)
+    np.save(tmp_path / 'gen.npy', small[2].numpy())
+    run(tmp_path, tmp_path / 'gen.npy')
+    out = capsys.readouterr().out
+    assert 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out and 'features post (256)' in out
+
+def test_bad_input_is_one_line_from_the_command(tmp_path):
+    x = np.linspace(-1, 1, 4 * 784).reshape(4, 28, 28)
+    np.save(tmp_path / 'gen.npy', x)
+    save_model(tmp_path / 'c.pt', model_py.Classifier())
+    r = subprocess.run([sys.executable, 'fid.py', str(tmp_path / 'gen.npy'), '--checkpoint',
+                        str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out')],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == (
+        f'error: {tmp_path / "gen.npy"}: float images must lie in [0, 1], found values from -1 to 1: '
+        f'they look like [-1, 1], map them with (x + 1) / 2\n')
+
+def test_save_stats_is_never_the_input(capsys):
+    for argv in (['gen.npy', '--save-stats', 'gen.npy'], ['--save-stats', 'gen.npz']):
         with pytest.raises(SystemExit) as e:
-            fid.main([*map(str, argv), '--out-dir', str(tmp_path / 'out'), '--device', 'cpu',
-                      *(['--checkpoint', str(tmp_path / 'c.pt')] if '--checkpoint' not in argv else [])])
-        err = capsys.readouterr().err
-        assert e.value.code == 1 and named in err and err.count('\n') == 1 and 'Traceback' not in err, named
-    assert [p.name for p in tmp_path.rglob('.*')] == []                # no temporary file anywhere
-
-def test_save_stats_says_when_it_replaces_a_file(setup, small_mnist, capsys):
-    tmp_path, _ = setup
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
-    assert code == 0 and 'replaced' not in out
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy', '--save-stats', tmp_path / 's.npz')
-    assert code == 0 and f'wrote {tmp_path / "s.npz"} (it replaced the file that was there)' in out
-
-def test_a_checkpoint_of_another_network_is_one_line(setup, small_mnist, capsys):
-    tmp_path, _ = setup
-    save_model(tmp_path / 'c.pt', other_network(), epoch=1)
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:50].numpy())
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
-    assert code == 1 and err.count('\n') == 1 and 'Traceback' not in err
-    assert f'{tmp_path / "c.pt"} was trained with another network than model.py builds now (layers.' in err
-    assert 'python train.py trains the current one' in err
-
-def test_an_edited_network_scores_with_its_own_features(setup, small_mnist, capsys, monkeypatch):
-    # the wider network (16/32/64 channels): 256 features, the report card as with 128
-    import model as model_py
-    tmp_path, _ = setup
-    wider = network('wider')[0].eval()
-    monkeypatch.setattr(model_py, 'Classifier', lambda: network('wider')[0])
-    save_model(tmp_path / 'c.pt', wider, epoch=1)
-    np.save(tmp_path / 'gen.npy', small_mnist[2][:, 2:30, 2:30].numpy())
-    code, out, err = run_fid(tmp_path, capsys, tmp_path / 'gen.npy')
-    assert code == 0, err
-    f_real = embed(wider, small_mnist[0][:, None])[0]
-    f_gen = embed(wider, small_mnist[2][:, None])[0]
-    assert f_real.shape == (600, 256)
-    assert f'{frechet_distance(*mean_cov(f_gen), *mean_cov(f_real)):10.4f}' in out
-    assert '| features post (256) |' in out and 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out
-
-# -----------------------------------------------------------------------------
-# generated digits: every shape generators write, PNG folders, and bad files
-
-@pytest.mark.parametrize('shape', [(5, 28, 28), (5, 1, 28, 28), (5, 28, 28, 1), (5, 784),
-                                   (5, 32, 32), (5, 1, 32, 32), (5, 32, 32, 1), (5, 1024)])
-def test_accepted_shapes(shape):
-    base = torch.rand(5, *((28, 28) if 784 in shape or 28 in shape else (32, 32)))
-    y = fid.to_model_input(base.reshape(shape), 'x')
-    assert y.shape == (5, 1, 32, 32) and y.dtype == torch.float32
-    expected = pad(base) if base.shape[1] == 28 else base             # padded as mnist.py pads MNIST
-    torch.testing.assert_close(y[:, 0], expected, rtol=0, atol=0)
-
-def test_floats_a_rounding_error_outside_0_1_are_clipped():
-    x = torch.rand(3, 28, 28)
-    x[0, 5, 5], x[1, 6, 6] = 1 + 1e-7, -1e-8                          # float32 arithmetic in a generator
-    y = fid.to_model_input(x, 'x')
-    assert y.min() == 0 and y.max() == 1
-    torch.testing.assert_close(y[:, 0, 2:30, 2:30], x.clamp(0, 1), rtol=0, atol=0)
-
-def test_images_already_in_shape_are_not_copied_and_never_changed():
-    x = torch.rand(4, 1, 32, 32)
-    assert fid.to_model_input(x, 'x').data_ptr() == x.data_ptr()     # 400 MB saved at 100,000 images
-    assert fid.to_model_input(x.numpy(), 'x').data_ptr() == x.data_ptr()
-    # a copy where the values must change (clipping) or the layout differs; the input is kept
-    x[0, 0, 3, 3] = 1 + 1e-7
-    before = x.clone()
-    y = fid.to_model_input(x, 'x')
-    assert y.data_ptr() != x.data_ptr() and y.max() == 1 and torch.equal(x, before)
-    x[0, 0, 3, 3] = 0.5
-    t = x.transpose(2, 3)                                             # any memory layout
-    torch.testing.assert_close(fid.to_model_input(t, 'x'), t, rtol=0, atol=0)
-    assert fid.to_model_input(x.double(), 'x').dtype == torch.float32
-
-def test_uint8_is_scaled():
-    x = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
-    y = fid.to_model_input(x.astype(np.uint8), 'x')
-    torch.testing.assert_close(y[:, 0, 2:30, 2:30], torch.from_numpy(x).float() / 255)
-
-@pytest.mark.parametrize('x, message', [
-    (np.zeros((5, 28, 27), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((5, 3, 32, 32), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((5, 28, 28, 3), np.float32), 'expected grayscale images of shape'),
-    (np.zeros((28, 28), np.float32), 'expected grayscale images of shape'),
-    (np.full((5, 28, 28), np.nan, np.float32), 'NaN or infinite'),
-    (np.full((5, 28, 28), np.inf), 'NaN or infinite'),
-    (np.where(np.arange(5 * 784).reshape(5, 28, 28) == 2000, np.nan, 0.5), '^samples.npy: 1 values are NaN'),   # one
-    (np.where(np.eye(28)[None] * np.ones((5, 1, 1)) == 1, -np.inf, 0.5), ' 140 values are NaN or infinite'),
-    (np.full((5, 28, 28), 255.0, np.float32), r'must lie in \[0, 1\].*divide uint8 values by 255'),
-    (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28), r'map them with \(x \+ 1\) / 2'),
-    (np.zeros((5, 28, 28), np.int64), 'got numpy dtype int64'),
-    (torch.zeros(5, 28, 28, dtype=torch.int16), 'got torch.int16'),
-    (np.zeros((1, 28, 28), np.float32), 'at least 2 images'),
-    (np.full((5, 28, 28), 'a'), 'images of numbers'),                # strings
-    (np.zeros((5, 28, 28), 'datetime64[s]'), 'images of numbers'),
-    (np.zeros((5, 28, 28), [('a', 'f4')]), 'images of numbers'),     # a structured array
-    (torch.zeros(5, 28, 28).to_sparse(), 'x.to_dense()'),
-    (np.full((5, 28, 28), 0.5) + np.eye(28) * (0.5 + 2e-6), r'from 0.5 to 1.000002: divide'),   # not rounding
-    (np.full((5, 28, 28), 0.5) - np.eye(28) * 0.6, r'from -0.1 to 0.5: divide'),  # not [-1, 1]-like
-])
-def test_bad_images_raise(x, message):
-    with pytest.raises(ValueError, match=message) as e:
-        fid.to_model_input(x, 'samples.npy')
-    assert 'samples.npy' in str(e.value)
-
-def write_pngs(folder, u8, mode='L'):
-    """uint8 images (N, H, W) as PNG files of a PIL mode: L (gray), LA, RGB or RGBA (opaque)."""
-    from PIL import Image  # Pillow comes with matplotlib
-    folder.mkdir()
-    for i, a in enumerate(u8):
-        channels = {'L': [a], 'LA': [a, 255 + 0 * a], 'RGB': [a] * 3, 'RGBA': [a] * 3 + [255 + 0 * a]}[mode]
-        Image.fromarray(np.stack(channels, -1).squeeze(-1) if mode == 'L' else np.stack(channels, -1), mode).save(folder / f'{i:03d}.png')
-    return folder
-
-@pytest.mark.parametrize('mode', ['L', 'LA', 'RGB', 'RGBA'])
-def test_png_folder_reads_like_the_npy(tmp_path, mode):
-    u8 = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
-    x = fid.read_png_folder(write_pngs(tmp_path / 'pngs', u8, mode))
-    np.testing.assert_array_equal(x, u8 / np.float32(255))
-    np.save(tmp_path / 'same.npy', u8)
-    torch.testing.assert_close(fid.load_images(tmp_path / 'pngs'), fid.load_images(tmp_path / 'same.npy'), rtol=0, atol=0)
-
-def test_npz_is_not_images(tmp_path):
-    x = np.zeros((3, 28, 28), np.float32)
-    np.savez(tmp_path / 'x.npz', x=x)
-    with pytest.raises(ValueError, match=r'x.npz: expected a .npy or .pt file of images, or a folder of PNGs'):
-        fid.load_images(tmp_path / 'x.npz')
-    (tmp_path / 'x.npz').rename(tmp_path / 'archive.npy')            # an archive under an array's name
-    with pytest.raises(ValueError, match=r'archive.npy: expected one array of images, got an archive of 1 arrays'):
-        fid.load_images(tmp_path / 'archive.npy')
-
-def test_bad_png_folders(tmp_path):
-    (tmp_path / 'empty').mkdir()
-    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
-    with pytest.raises(ValueError, match='no .png images in this folder'):
-        fid.read_png_folder(tmp_path / 'empty')
-    from matplotlib.image import imsave
-    mixed = write_pngs(tmp_path / 'mixed', np.zeros((2, 28, 28), np.uint8))
-    imsave(mixed / '002.png', np.zeros((32, 32)), cmap='gray')
-    with pytest.raises(ValueError, match='mixed sizes: 000.png is 28x28, 002.png is 32x32'):
-        fid.read_png_folder(mixed)
-    colour = tmp_path / 'colour'
-    colour.mkdir()
-    rgb = np.zeros((28, 28, 3), np.uint8)
-    rgb[..., 0] = 200
-    imsave(colour / 'a.png', rgb)
-    with pytest.raises(ValueError, match='a.png: a colour image'):
-        fid.read_png_folder(colour)
-    clear = tmp_path / 'clear'
-    clear.mkdir()
-    imsave(clear / 'a.png', np.zeros((28, 28, 4), np.uint8))          # alpha 0: transparent
-    with pytest.raises(ValueError, match='transparent'):
-        fid.read_png_folder(clear)
-    (clear / 'a.png').write_bytes(b'not a png')
-    with pytest.raises(ValueError, match='a.png: not a readable PNG'):
-        fid.read_png_folder(clear)
-
-def test_bad_files(tmp_path):
-    (tmp_path / 'empty.npy').write_bytes(b'')
-    (tmp_path / 'cut.npy').write_bytes(open_npy_bytes()[:100])
-    # a header that claims 100,000 x 28 x 10,000 float64 (224 GB) over a few bytes of data
-    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 28, 10000), }"
-    header += ' ' * (117 - len(header)) + '\n'
-    (tmp_path / 'huge.npy').write_bytes(b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode() + b'\0' * 64)
-    (tmp_path / 'pickled.pt').write_bytes(b'not a torch file')
-    for name in ('empty.npy', 'cut.npy', 'huge.npy'):
-        with pytest.raises(ValueError, match='not a readable .npy array: empty, cut short') as e:
-            fid.load_images(tmp_path / name)
-        assert name in str(e.value)
-    with pytest.raises(FileNotFoundError, match='no such file or folder'):
-        fid.load_images(tmp_path / 'missing.npy')
-    (tmp_path / 'x.txt').write_text('1 2 3')
-    with pytest.raises(ValueError, match='expected a .npy or .pt file'):
-        fid.load_images(tmp_path / 'x.txt')
-    torch.save({'x': torch.zeros(3)}, tmp_path / 'd.pt')
-    with pytest.raises(ValueError, match='expected one tensor of images, got dict'):
-        fid.load_images(tmp_path / 'd.pt')
-    with pytest.raises(ValueError, match='pickled.pt: not a readable .pt file') as e:
-        fid.load_images(tmp_path / 'pickled.pt')
-    assert '\n' not in str(e.value)
-
-def open_npy_bytes():
-    import io
-    b = io.BytesIO()
-    np.save(b, np.zeros((10, 28, 28), np.float32))
-    return b.getvalue()
+            fid.main(argv)
+        assert e.value.code == 2
+        assert 'error: --save-stats needs images, and a file name ending in .npz' in capsys.readouterr().err

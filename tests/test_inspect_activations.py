@@ -1,279 +1,121 @@
 """
-Tests for inspect_activations.py: per-digit mean maps against a direct computation, dead
-channels, skewness and kurtosis against known values, the confusion matrix and the
-mistakes against direct counts, every flag, and the script end to end.
+Tests for inspect_activations.py: the per-digit mean maps against a direct computation on the
+blog's network and on edited ones, dead channels, skewness and kurtosis against closed forms,
+the confusion matrix and the mistakes against direct counts, and the script end to end.
 """
-
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import inspect_activations
-from inspect_activations import (confusion_matrix, dead_channels, mean_activations, mistakes, normality_summary,
-                                 plot_histograms, plot_maps, predict, skew_kurtosis, top_confusions)
-from model import Classifier
-from networks import network, other_network, save_model
-
-ROOT = Path(__file__).resolve().parent.parent
+import model as model_py
+from inspect_activations import (confusion_matrix, dead_channels, mean_activations,
+                                 normality_summary, predict, skew_kurtosis, top_confusions)
+from networks import network, save_model, use_network
 
 
-@pytest.mark.parametrize('name', ['blog', 'batchnorm', 'extra conv', 'wider'])
-def test_mean_maps_equal_direct_computation(name):
-    model, levels, _, _ = network(name)
-    model.eval()
-    x = torch.rand(37, 1, 32, 32)
-    y = torch.arange(37) % 10
-    maps = mean_activations(model, x, y, batch_size=8)  # batches that cut across digits
-    assert sorted(maps) == levels                        # the pooling layers, wherever the edit put them
-    for j in levels:
-        for d in range(10):
-            direct = model.layers[:j + 1](x[y == d]).mean(0)
-            torch.testing.assert_close(maps[j][d], direct, rtol=1e-5, atol=1e-6)
-    if name == 'blog':
-        assert maps[2].shape == (10, 8, 16, 16) and maps[5].shape == (10, 16, 8, 8) and maps[8].shape == (10, 32, 2, 2)
+@pytest.mark.parametrize('name, levels', [('blog', [2, 5, 8]), ('batchnorm', [3, 7, 11]),
+                                          ('extra conv', [2, 5, 10])])
+def test_mean_maps_equal_a_direct_computation(name, levels):
+    model = network(name).eval()
+    x, y = torch.rand(37, 1, 32, 32), torch.arange(37) % 10
+    maps = mean_activations(model, x, y, batch_size=8)        # batches that cut across digits
+    assert list(maps) == levels                               # the pooling layers, where they are
+    with torch.no_grad():
+        for i in levels:
+            for d in range(10):
+                direct = model.layers[:i + 1](x[y == d]).mean(0)
+                torch.testing.assert_close(maps[i][d], direct, rtol=1e-5, atol=1e-6)
 
 def test_dead_channels():
-    maps = torch.rand(10, 4, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.5
-    maps[:, 0] = 1.0            # the largest channel mean: exactly 1
-    maps[:, 1] = 0              # never fires
-    maps[:, 3] = 1e-4           # fires, but far below 1% of the largest
-    maps[0, 2] = 1e-4           # silent for one digit only: not dead
-    dead, limit = dead_channels(maps, threshold=0.01)
-    assert dead == [1, 3]
-    assert limit == pytest.approx(0.01)
-    # threshold 0: only the channels that are exactly zero for every digit
-    assert dead_channels(maps, threshold=0.0)[0] == [1]
-    # a channel exactly at the limit counts as dead ("at or below"); 2**-6, a mean without rounding
-    maps[:, 3] = 2 ** -6
-    assert dead_channels(maps, threshold=2 ** -6) == ([1, 3], 2 ** -6)
+    maps = torch.rand(10, 5, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.5
+    maps[:, 1] = 0                                            # never fires
+    maps[:, 3] = 0.004                                        # at most 1% of the largest (<= 0.9)
+    maps[4, 3] = 0.5                                          # ... but fires for digit 4
+    maps[:, 4] = -0.6                                         # steadily negative: it fires
+    assert dead_channels(maps, 0.01) == ([1], pytest.approx(0.01 * maps.abs().mean((2, 3)).max()))
+    assert dead_channels(maps, 0.0)[0] == [1]
+    assert dead_channels(torch.zeros(10, 3, 2, 2), 0.0)[0] == [0, 1, 2]   # all zero: all dead
 
-def test_a_steadily_negative_channel_is_not_dead():
-    maps = torch.ones(10, 3, 2, 2)
-    maps[:, 1] = -0.1                                                  # after a LeakyReLU, say: it fires
-    maps[:, 2] = -1e-4
-    assert dead_channels(maps, threshold=0.01)[0] == [2]
-
-def test_a_level_that_is_all_zero_is_all_dead():
-    dead, limit = dead_channels(torch.zeros(10, 5, 2, 2), threshold=0.01)
-    assert dead == [0, 1, 2, 3, 4] and limit == 0
-
-def test_skew_kurtosis_closed_form():
-    # Bernoulli(1/4): skew (1 - 2p)/sqrt(p(1-p)) = 2/sqrt(3), excess kurtosis (1 - 6p(1-p))/(p(1-p)) = -2/3
-    skew, kurt = skew_kurtosis(np.array([[0.0], [0.0], [0.0], [1.0]]))
-    assert skew[0] == pytest.approx(2 / np.sqrt(3)) and kurt[0] == pytest.approx(-2 / 3)
-
-def test_skew_kurtosis_normal_and_exponential_samples():
+def test_skew_kurtosis_closed_form_and_samples():
+    # [0, 0, 0, 4]: m2 = 3, m3 = 6, m4 = 21, so skew 6 / 3^1.5 and excess kurtosis 21 / 9 - 3
+    skew, kurt = skew_kurtosis(np.array([[0.0], [0], [0], [4]], dtype=np.float32))
+    assert skew[0] == pytest.approx(6 / 3 ** 1.5) and kurt[0] == pytest.approx(-2 / 3)
     rng = np.random.default_rng(0)
-    f = np.stack([rng.standard_normal(400_000), rng.exponential(size=400_000)], axis=1)
-    skew, kurt = skew_kurtosis(f)
-    assert abs(skew[0]) < 0.02 and abs(kurt[0]) < 0.05   # normal: 0 and 0
-    assert skew[1] == pytest.approx(2, abs=0.1)          # exponential: 2 and 6
-    assert kurt[1] == pytest.approx(6, abs=0.6)
+    skew, kurt = skew_kurtosis(np.stack([rng.standard_normal(100_000), rng.exponential(size=100_000)], 1))
+    assert skew == pytest.approx([0, 2], abs=0.05) and kurt == pytest.approx([0, 6], abs=0.3)
 
 def test_normality_summary_counts():
     rng = np.random.default_rng(0)
-    f = np.stack([rng.standard_normal(100_000), rng.standard_normal(100_000),
-                  rng.exponential(size=100_000), np.zeros(100_000)], axis=1)
-    line = normality_summary(f)
-    assert '2/3 features within +-0.5 on both' in line and '1 constant features left out' in line
-    skew, _ = skew_kurtosis(f[:, :3])
-    assert f'median |skew| {np.median(np.abs(skew)):.2f}' in line
+    f = np.stack([rng.standard_normal(20_000), rng.standard_normal(20_000), rng.exponential(size=20_000),
+                  np.ones(20_000)], 1)
+    assert normality_summary(f).endswith(' | 2/3 features within +-0.5 on both | 1 constant features left out')
 
-def test_confusion_matrix_and_mistakes_against_direct_counts():
-    torch.manual_seed(0)
-    model = Classifier().train()        # dropout on: predict must switch it off
-    x, y = torch.rand(57, 1, 32, 32), torch.arange(57) % 10
-    pred, confidence = predict(model, x, batch_size=10)
-    assert model.training
-    model.eval()
-    p = model(x).softmax(1)
-    assert torch.equal(pred, p.argmax(1))
-    torch.testing.assert_close(confidence, p.max(1).values)
+def test_confusion_matrix_and_top_confusions_against_direct_counts():
+    g = torch.Generator().manual_seed(0)
+    y, pred = torch.randint(0, 10, (500,), generator=g), torch.randint(0, 10, (500,), generator=g)
     C = confusion_matrix(y, pred)
-    direct = torch.zeros(10, 10, dtype=torch.long)
-    for t, q in zip(y.tolist(), pred.tolist()):
-        direct[t, q] += 1
-    assert torch.equal(C, direct)
-    assert C.sum(1).tolist() == torch.bincount(y, minlength=10).tolist()    # rows: the images of each digit
-    assert C.trace().item() == (pred == y).sum().item()                      # the diagonal: the correct ones
-    order = mistakes(y, pred, confidence)
-    assert sorted(order.tolist()) == torch.nonzero(pred != y).flatten().tolist()   # exactly the mistakes
-    assert (confidence[order].diff() <= 0).all()                             # the most confident first
+    assert all(C[t, p] == ((y == t) & (pred == p)).sum() for t in range(10) for p in range(10))
+    C = torch.zeros(10, 10, dtype=torch.long)
+    C[5, 3], C[7, 2], C[4, 9], C[1, 1], C[0, 6] = 9, 8, 8, 99, 1
+    assert top_confusions(C) == [(5, 3, 9), (4, 9, 8), (7, 2, 8)]   # off the diagonal; ties by (true, pred)
+    assert top_confusions(C, n=10)[-1] == (0, 6, 1) and len(top_confusions(C, n=10)) == 4
 
-def test_top_confusions():
-    C = torch.diag(torch.full((10,), 100))
-    C[4, 9], C[7, 2], C[3, 5], C[9, 4] = 12, 7, 9, 1
-    assert top_confusions(C) == [(4, 9, 12), (3, 5, 9), (7, 2, 7)]
-    assert top_confusions(torch.diag(torch.ones(10, dtype=torch.long))) == []   # no mistakes
+def test_plot_mistakes_draws_the_most_confident_first(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(inspect_activations, 'plot_tiles',
+                        lambda tiles, path, title, labels: drawn.update(tiles=tiles, title=title, labels=labels))
+    x = torch.arange(6.0)[:, None, None, None].expand(6, 1, 32, 32) / 10   # image i holds i / 10
+    y, pred = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 7, 2, 8, 9, 5])
+    confidence = torch.tensor([0.9, 0.6, 0.8, 0.95, 0.7, 0.5])
+    assert inspect_activations.plot_mistakes(x, y, pred, confidence, tmp_path / 'm.png', n=2, per_row=4) == 2
+    assert drawn['labels'] == [['3->8 0.95', '4->9 0.70']] and drawn['tiles'].shape == (1, 4, 28, 28)
+    assert drawn['tiles'][0, 0, 0, 0] == pytest.approx(0.3) and np.isnan(drawn['tiles'][0, 2:]).all()
+    assert 'the 2 most confident of 3 mistakes' in drawn['title']
 
-def test_a_constant_feature_draws_without_a_warning(tmp_path):
-    import warnings
-    f = np.random.default_rng(0).standard_normal((500, 16))
-    f[:, 3] = 0.0                                                       # a dead feature
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')
-        plot_histograms(f, tmp_path / 'hist.png')
-
-def test_figures_are_written(tmp_path):
-    plot_maps(torch.rand(10, 3, 4, 4), tmp_path / 'maps.png', 'test')
-    plot_histograms(np.random.default_rng(0).standard_normal((500, 16)), tmp_path / 'hist.png')
-    for name in ('maps.png', 'hist.png'):
-        assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['hist.png', 'maps.png']
-
-def run_script(*args):
-    return subprocess.run([sys.executable, 'inspect_activations.py', *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True)
-
-def test_missing_or_wrong_checkpoint(tmp_path, capsys):
-    r = run_script('--checkpoint', tmp_path / 'none.pt')  # a real `python inspect_activations.py`
-    assert r.returncode == 1 and 'run python train.py first' in r.stderr
-    assert 'Traceback' not in r.stderr
-    torch.save({'model': torch.nn.Linear(2, 2).state_dict(), 'architecture': Classifier().architecture()},
-               tmp_path / 'other.pt')
-    with pytest.raises(SystemExit) as e:
-        inspect_activations.main(['--checkpoint', str(tmp_path / 'other.pt')])
-    assert e.value.code == 1 and 'do not fit model.Classifier' in capsys.readouterr().err
+# -----------------------------------------------------------------------------
+# the script, on 300 test digits, with a random network standing in for a trained one
 
 @pytest.fixture
-def small_test_set(monkeypatch):
-    """Make the script load 200 test digits of the real MNIST, and record its --data-dir."""
-    from mnist import load_mnist
+def small_test_set(monkeypatch, mnist_data):
     asked = []
-    try:
-        data = load_mnist(ROOT / 'data')
-    except FileNotFoundError as e:
-        pytest.fail(f'this test needs the four real MNIST files in {ROOT / "data"}:\n{e}')
-    def small(data_dir):
+    def load_mnist(data_dir):
         asked.append(data_dir)
-        return data[0][:10], data[1][:10], data[2][:200], data[3][:200]
-    monkeypatch.setattr(inspect_activations, 'load_mnist', small)
-    return asked, data[2][:200, None], data[3][:200]
+        return mnist_data[0][:10], mnist_data[1][:10], mnist_data[2][:300], mnist_data[3][:300]
+    monkeypatch.setattr(inspect_activations, 'load_mnist', load_mnist)
+    return asked, mnist_data[2][:300, None], mnist_data[3][:300]
 
-def test_script_end_to_end(tmp_path, capsys, small_test_set):
-    # a randomly initialised model stands in for a trained one
+def run(tmp_path, *args):
+    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
+                              '--device', 'cpu', *map(str, args)])
+
+@pytest.mark.parametrize('name', ['model.py', 'extra conv'])
+def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, name):
     asked, x, y = small_test_set
     torch.manual_seed(0)
-    model = Classifier().eval()
-    save_model(tmp_path / 'c.pt', model, epoch=0, val_acc=None)   # a checkpoint written on Ctrl-C
-    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
-                              '--device', 'cpu', '--mistakes', '7', '--data-dir', 'elsewhere'])
-    stdout = capsys.readouterr().out
+    model = (model_py.Classifier() if name == 'model.py' else use_network(monkeypatch, name)).eval()
+    # the edited network's checkpoint as Ctrl-C leaves it: its last epoch not validated
+    val_acc, loaded = (0.98765, '(epoch 7, val acc 98.77%)') if name == 'model.py' else (None, '(epoch 7)')
+    save_model(tmp_path / 'c.pt', model, epoch=7, val_acc=val_acc)
+    run(tmp_path, '--mistakes', 7, '--dead-threshold', 0.2, '--data-dir', 'elsewhere')
+    out = capsys.readouterr().out
     assert asked == ['elsewhere']
-    for level in range(len(model.levels())):
-        assert f'level {level}' in stdout
-    with torch.no_grad():
-        f_pre, f_post = model.features(x, after_relu=False).numpy(), model.features(x, after_relu=True).numpy()
-    assert "before the ReLU (the blog's features): " + normality_summary(f_pre) in stdout
-    assert 'after the ReLU:                       ' + normality_summary(f_post) in stdout
-    pred, confidence = predict(model, x)
-    C = confusion_matrix(y, pred)
-    assert f'accuracy {100 * (pred == y).float().mean():.2f}%' in stdout
-    assert f'{(pred != y).sum()} mistakes; the most frequent: {top_confusions(C)[0][0]} -> {top_confusions(C)[0][1]}' in stdout
-    assert f'(7 of the {(pred != y).sum()} mistakes)' in stdout
-    digit0 = 100 * ((pred == 0) & (y == 0)).sum() / (y == 0).sum()
-    assert f'per digit: 0 {digit0:.1f}%' in stdout
-    written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted([*(f'activations_level{k}.png' for k in range(len(model.levels()))),
-                              'c.pt', 'feature_histograms.png', 'mistakes.png'])
-
-def test_dead_threshold_flag_reaches_the_result(tmp_path, capsys, small_test_set):
-    _, x, y = small_test_set
-    torch.manual_seed(0)
-    model = Classifier().eval()
-    save_model(tmp_path / 'c.pt', model, epoch=7, val_acc=0.9876)     # as train.py writes a validated epoch
+    assert f'loaded {tmp_path / "c.pt"} {loaded} | network: {model.summary()}' in out
     maps = mean_activations(model, x, y)
-    for threshold in (0.0, 0.5):
-        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path),
-                                  '--device', 'cpu', '--dead-threshold', str(threshold)])
-        stdout = capsys.readouterr().out
-        assert f"loaded {tmp_path / 'c.pt'} (epoch 7, val acc 98.76%) | network: {model.summary()}" in stdout
-        for level, j in enumerate(model.levels()):
-            dead, limit = dead_channels(maps[j], threshold)
-            assert f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest' in stdout
-
-@pytest.mark.parametrize('argv, message', [
-    (['--dead-threshold', '1.5'], '--dead-threshold must be a fraction in [0, 1), got 1.5'),
-    (['--mistakes', '0'], '--mistakes must be at least 1, got 0'),
-    (['--device', 'gpu'], "'gpu' is not a torch device"),
-])
-def test_bad_arguments(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        inspect_activations.main(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err
-
-def test_out_dir_a_file_and_ctrl_c(tmp_path, capsys, small_test_set, monkeypatch):
-    save_model(tmp_path / 'c.pt', Classifier(), epoch=0)
-    (tmp_path / 'file').write_bytes(b'')
-    with pytest.raises(SystemExit) as e:
-        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'file'),
-                                  '--device', 'cpu'])
-    err = capsys.readouterr().err
-    assert e.value.code == 1 and f'cannot write into {tmp_path / "file"}/' in err and 'Traceback' not in err
-    def interrupted(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(inspect_activations, 'plot_histograms', interrupted)   # Ctrl-C while plotting
-    with pytest.raises(SystemExit) as e:
-        inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
-                                  '--device', 'cpu'])
-    assert e.value.code == 130 and 'interrupted' in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / 'out').iterdir() if p.name.startswith('.')] == []
-
-def test_a_checkpoint_of_another_network_is_one_line(tmp_path):
-    save_model(tmp_path / 'c.pt', other_network(), epoch=1)
-    r = run_script('--checkpoint', tmp_path / 'c.pt', '--out-dir', tmp_path / 'out', '--device', 'cpu')
-    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr
-    assert f'{tmp_path / "c.pt"} was trained with another network than model.py builds now (layers.' in r.stderr
-    assert 'python train.py trains the current one' in r.stderr
-
-def test_an_edited_network_is_drawn_as_it_is(tmp_path, capsys, small_test_set, monkeypatch):
-    # a network with batch norm and an extra convolution: four levels' worth of layers found
-    # in it, figures and lines for each, the feature count its own
-    import model as model_py
-    layers = network('batchnorm')[0].layers
-    extra = [*layers[:12], torch.nn.Conv2d(32, 64, 3, padding='same'), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-             torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.Linear(64, 10)]
-    class Edited(Classifier):
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.Sequential(*extra)
-    monkeypatch.setattr(model_py, 'Classifier', Edited)
-    model = Edited().eval()
-    save_model(tmp_path / 'c.pt', model, epoch=0)
-    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
-    stdout = capsys.readouterr().out
-    assert model.levels() == [3, 7, 11, 14]
-    assert 'levels 8x16x16, 16x8x8, 32x2x2, 64x1x1 | 64 features' in stdout
-    for level, (j, c) in enumerate(zip(model.levels(), (8, 16, 32, 64))):
-        assert f'level {level} (layers[{j}], {c} channels)' in stdout
-        assert (tmp_path / f'activations_level{level}.png').exists()
-    # back to model.py's network (the blog's three levels) in the same folder: the fourth level's figure goes
-    monkeypatch.setattr(model_py, 'Classifier', Classifier)
-    save_model(tmp_path / 'c.pt', Classifier(), epoch=0)
-    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
-    n = len(Classifier().levels())                                    # 3, unless model.py was edited
-    out = capsys.readouterr().out
-    assert all(f'removed {tmp_path / f"activations_level{k}.png"}: this network has {n} levels' in out for k in range(n, 4))
-    assert sorted(p.name for p in tmp_path.glob('activations_level*')) == [f'activations_level{k}.png' for k in range(n)]
-
-def test_a_network_without_pooling_layers(tmp_path, capsys, small_test_set, monkeypatch):
-    # strided convolutions halve the resolution instead: no levels to draw, said in one line
-    import model as model_py
-    class Strided(Classifier):
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-                                              torch.nn.Conv2d(8, 16, 3, stride=4, padding=1), torch.nn.ReLU(),
-                                              torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
-    monkeypatch.setattr(model_py, 'Classifier', Strided)
-    save_model(tmp_path / 'c.pt', Strided(), epoch=0)
-    assert mean_activations(Strided(), torch.rand(20, 1, 32, 32), torch.arange(20) % 10) == {}
-    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path), '--device', 'cpu'])
-    out = capsys.readouterr().out
-    assert 'levels none | 256 features' in out
-    assert 'the network has no pooling layers (model.POOLING): no activation maps to draw' in out
-    assert not list(tmp_path.glob('activations_level*'))
+    for level, (i, m) in enumerate(maps.items()):
+        dead, limit = dead_channels(m, 0.2)
+        assert (f'level {level} (layers[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
+                f'activation <= {limit:.4f} = 0.2 x the largest') in out
+    with torch.no_grad():
+        f_pre, f_post = (model.features(x, after_relu)[0].numpy() for after_relu in (False, True))
+    assert "before the ReLU (the blog's features): " + normality_summary(f_pre) in out
+    assert 'after the ReLU:                       ' + normality_summary(f_post) in out
+    pred, _ = predict(model, x)
+    (t, p, c), = top_confusions(confusion_matrix(y, pred), n=1)
+    assert f'accuracy {100 * (pred == y).double().mean():.2f}% | per digit: 0 ' \
+           f'{100 * (pred[y == 0] == 0).double().mean():.1f}% | 1 ' in out
+    assert f'{(pred != y).sum()} mistakes; the most frequent: {t} -> {p}: {c}' in out
+    assert 'the 7 most confident mistakes' in out
+    assert sorted(f.name for f in (tmp_path / 'out').iterdir()) == sorted(
+        [*(f'activations_level{k}.png' for k in range(len(maps))), 'feature_histograms.png', 'mistakes.png'])
