@@ -111,6 +111,36 @@ def main(argv=None):
     print(f'wrote {path}')
 
 # -----------------------------------------------------------------------------
+# the figures of inspect_activations.py and fid.py: small images drawn as one grid
+
+def plot_tiles(tiles, path, title='', rows=(), cols=(), labels=(), cmap='gray', vmax=1.0):
+    """Small images tiles (R, C, H, W) drawn as one grid image with 1-pixel gaps, and saved as
+    a PNG; NaN pixels (gaps, empty tiles) are white. rows, cols: labels of the rows and columns
+    of tiles; labels: R lists of C short texts for the tiles' corners; vmax=None: the largest."""
+    from matplotlib.figure import Figure
+    R, C, H, W = np.shape(tiles)
+    grid = np.full((R, H + 1, C, W + 1), np.nan)                       # NaN = gap
+    grid[:, :H, :, :W] = np.asarray(tiles, dtype=np.float64).transpose(0, 2, 1, 3)  # (R, H, C, W)
+    grid = grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]            # (R*(H+1)-1, C*(W+1)-1)
+    fig = Figure(figsize=(0.6 * C + 1, 0.6 * R + 1))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=np.nanmax(grid) if vmax is None else vmax,
+              interpolation='nearest')
+    ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(len(cols)), cols, fontsize=7)
+    ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(len(rows)), rows, fontsize=9)
+    ax.tick_params(length=0, labeltop=True, labelbottom=False)
+    ax.spines[:].set_visible(False)
+    for r, row in enumerate(labels):
+        for c, text in enumerate(row):
+            ax.text(c * (W + 1), r * (H + 1), text, color='yellow', fontsize=6, va='top')
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+def save_figure(fig, path):
+    """Save a matplotlib figure as a PNG file (through write_atomic)."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
+
+# -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
 # The MNIST files: found in data_dir, or downloaded, and verified
 
@@ -160,34 +190,7 @@ def download(name, data_dir):
         f'Without internet, put the four MNIST files into {data_dir}/ yourself, gzipped or not:',
         *[f'  {n}.gz' for n in SHA256]]))
 
-# figures, safe writes, and errors in one line: what every script shares
-
-def plot_tiles(tiles, path, title='', rows=(), cols=(), labels=(), cmap='gray', vmax=1.0):
-    """Small images tiles (R, C, H, W) drawn as one grid image with 1-pixel gaps, and saved as
-    a PNG; NaN pixels (gaps, empty tiles) are white. rows, cols: labels of the rows and columns
-    of tiles; labels: R lists of C short texts for the tiles' corners; vmax=None: the largest."""
-    from matplotlib.figure import Figure
-    R, C, H, W = np.shape(tiles)
-    grid = np.full((R, H + 1, C, W + 1), np.nan)                       # NaN = gap
-    grid[:, :H, :, :W] = np.asarray(tiles, dtype=np.float64).transpose(0, 2, 1, 3)  # (R, H, C, W)
-    grid = grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]            # (R*(H+1)-1, C*(W+1)-1)
-    fig = Figure(figsize=(0.6 * C + 1, 0.6 * R + 1))
-    ax = fig.subplots()
-    ax.imshow(grid, cmap=cmap, vmin=0, vmax=np.nanmax(grid) if vmax is None else vmax,
-              interpolation='nearest')
-    ax.set_xticks((W - 1) / 2 + (W + 1) * np.arange(len(cols)), cols, fontsize=7)
-    ax.set_yticks((H - 1) / 2 + (H + 1) * np.arange(len(rows)), rows, fontsize=9)
-    ax.tick_params(length=0, labeltop=True, labelbottom=False)
-    ax.spines[:].set_visible(False)
-    for r, row in enumerate(labels):
-        for c, text in enumerate(row):
-            ax.text(c * (W + 1), r * (H + 1), text, color='yellow', fontsize=6, va='top')
-    ax.set_title(title, fontsize=9)
-    save_figure(fig, path)
-
-def save_figure(fig, path):
-    """Save a matplotlib figure as a PNG file (through write_atomic)."""
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
+# safe writes, and errors in one line: what every script shares
 
 def write_atomic(path, write):
     """Create or replace path (and its folder) through a temporary file beside it: write(tmp),
