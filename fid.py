@@ -468,7 +468,7 @@ def main(argv=None):
     parser.add_argument('--out-dir', default='out', help='folder for the caches and the figure')
     parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random subsets and noise')
-    parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), ...')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
     args = parser.parse_args(argv)
     if args.save_stats and (not args.images or not args.save_stats.endswith('.npz')):
         parser.error('--save-stats needs images, and a file name ending in .npz')

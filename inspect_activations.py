@@ -127,7 +127,7 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), ...')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
     parser.add_argument('--dead-threshold', type=float, default=0.01, help='a channel is dead '
                         "when its mean activation is at most this fraction of its level's largest")
     parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')

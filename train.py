@@ -110,7 +110,7 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=256, help='images per step')
     parser.add_argument('--lr', type=float, default=1e-3, help="the optimizer's learning rate")
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights, order, dropout')
-    parser.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), ...')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
     # output
     parser.add_argument('--log-every', type=int, default=10,
                         help="validate every this many epochs (the blog's i_log)")
