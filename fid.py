@@ -20,19 +20,21 @@ The metrics (each function's docstring has its formula):
   variety (real digits that the samples reach), from k-nearest-neighbour balls.
 - density and coverage (Naeem et al. 2020): the same two, robust to outliers.
 - copies: samples that copy a training digit, shifted or not (on the pixels). The other
-  metrics reward copies: a copier beats real new digits on every one of them.
+  metrics reward copies: a copier beats real new digits on nearly every one of them.
 - the digits: which ones the classifier sees, how sure it is, and KID per digit, so a report
   says which digits are missing.
 
 Which features, and why. Every metric but copies works on the classifier's feature vector
 (model.py: 128 numbers for the blog's network). The blog histograms it before the last ReLU
 ("pre"), where it is closer to normal. fid.py scores after the ReLU ("post", the linear
-layer's input) by default, as the series' last post does: its numbers land on that post's
-scale (validation vs train about 0.3), and they move less from one trained classifier to the
-next (pre features are ~10x larger, their FIDs 30-100x). --features pre gives the blog's.
-The same images score differently under another classifier, so every report names its
-yardstick: the classifier (model.classifier_id), the features and N; compare numbers only
-under one yardstick.
+layer's input) by default, as the series' final part ("Latent Diffusion Model", with a
+classifier of this network) does: our numbers land on its scale (it reports 0.30 for the
+test digits against the training digits, 48.43 for noise, 6.02 for its diffusion model), and
+they move less from one trained classifier to the next (pre features are ~10x larger, their
+FIDs 30-100x, and KID, whose cubic kernel grows with that scale, turns noisy). --features pre
+scores the blog's features. The same images score differently under another classifier, so
+every report names its yardstick: the classifier (model.classifier_id), the features and N;
+compare numbers only under one yardstick.
 """
 
 import argparse
@@ -54,10 +56,11 @@ from model import classifier_id, get_device, load_classifier
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images
-    x (N, 1, 32, 32) on any device, sent to the model's device a batch at a time."""
+    x (N, 1, 32, 32) on any device, sent to the model's device a batch at a time. Puts the
+    model in eval mode (and on the CPU in channels-last memory, which is faster)."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
-    if device.type == 'cpu':  # the convolutions run twice as fast with channels side by side
+    if device.type == 'cpu':  # the convolutions run twice as fast with a pixel's channels together
         model.to(memory_format=torch.channels_last)
     f, probs = [], []
     for xb in x.split(batch_size):
@@ -271,7 +274,7 @@ def copies(x, index):
 # the report card: real_side() describes the real digits, report() scores images against it
 
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
-SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}  # last post
+SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}  # final part
 
 def real_side(f, pred, seed=0):
     """The real side of a report, from the real digits' features f (M, D) and predicted digits
@@ -351,9 +354,29 @@ def score(images, checkpoint='out/classifier.pt', features='post', data_dir='dat
     real = training_side(model, after_relu, seed, data_dir, out_dir, batch_size)
     return report(model, to_model_input(images), real, after_relu, batch_size, seed)
 
+def training_side(model, after_relu=True, seed=0, data_dir='data', out_dir='out', batch_size=1000):
+    """The real side of every report: real_side() of the 60,000 training digits, with their
+    copy_index() as 'copy'. Both are computed once and cached in out_dir: the features in
+    train_features_{post,pre}.npz (made again for another classifier), the copy index, which
+    needs no classifier, in train_copies.npz."""
+    features = 'post' if after_relu else 'pre'
+    def train_features():
+        f, probs = embed(model, load_mnist(data_dir)[0][:, None], after_relu, batch_size)
+        return {'f': f.numpy(), 'pred': probs.argmax(1).numpy()}
+    def train_copies():
+        x_train, _, x_val, _ = load_mnist(data_dir)
+        return {k: v.numpy() for k, v in copy_index(x_train[:, None], x_val[:, None]).items()}
+    z = cached(Path(out_dir) / f'train_features_{features}.npz', train_features,
+               classifier=classifier_id(model))
+    c = cached(Path(out_dir) / 'train_copies.npz', train_copies, dims=COPY_DIMS,
+               candidates=COPY_CANDIDATES, rate=COPY_RATE)
+    real = real_side(torch.from_numpy(z['f']), torch.from_numpy(z['pred']), seed)
+    real['copy'] = {k: torch.from_numpy(c[k]) for k in ('train', 'mean', 'axes', 'z', 'tau')}
+    return real
+
 def print_report(r, name):
     final = SERIES_FID['validation set vs train']
-    final = f" (real vs real at 10,000: about {final} with the blog's network)"
+    final = f" (real vs real at 10,000: {final} in the series' final part)"
     final = final if r['features'] == 'post' else ''
     print(f'\nreport card: {name} ({r["n"]:,} images) vs MNIST train ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians{final}')
@@ -422,7 +445,9 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
       halve, and the digit rows say which digits are missing;
     - blurred (a weak decoder): precision stays, recall collapses;
     - noise: precision and density fall first; at sigma 0.5 the classifier sees one digit;
-    - pure noise with the training pixels' mean and standard deviation (unclipped);
+    - pure noise with the training pixels' mean and standard deviation (unclipped): FID,
+      recall and coverage say it all; precision may not, as a few real digits far from the
+      rest have k-NN balls large enough to hold it (Kynkäänniemi et al. use larger k);
     - memorisers: training digits returned as they are, moved by one pixel, or half of them
       with half the test digits. They beat the test digits on FID, KID and precision;
       only copies sees them."""
@@ -440,7 +465,7 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
             ('training digits, copied', copied),
             ('training digits moved 1 pixel', copied.roll(1, dims=3)),
             ('half copies, half validation', torch.cat([copied[:half], x_val[half:]]))]
-    print(f'\n| compared ({"post" if after_relu else "pre"} features) | N | FID | final post | '
+    print(f'\n| compared ({"post" if after_relu else "pre"} features) | N | FID | final part | '
           f'KID | precision | recall | density | coverage | copies | classifier score | '
           f'digits present | digit mix KL |\n|{"---|" * 13}')
     results = {}
@@ -454,15 +479,12 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
     return results
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits: '
-                                     'FID, KID, precision, recall, copies and the digits.',
+    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('images', nargs='?', help='generated digits (.npy, .pt or a folder of '
-                        'PNGs) to score; without it, the table of known failures')
-    parser.add_argument('--features', choices=['pre', 'post'], default='post',
-                        help="before the last ReLU (the blog's) or after it (the series' scale)")
-    parser.add_argument('--save-stats', metavar='NPZ', help="also write the images' mu and "
-                        'sigma, with the yardstick, to this .npz file')
+    parser.add_argument('images', nargs='?', help='.npy, .pt or a PNG folder; none: the table')
+    parser.add_argument('--features', default='post', choices=['pre', 'post'],
+                        help="before the last ReLU (the blog's) or after it (the series')")
+    parser.add_argument('--save-stats', metavar='NPZ', help="also save the images' mu and sigma")
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the caches and the figure')
@@ -506,10 +528,8 @@ def main(argv=None):
 # Generated digits in the layouts and ranges generators write them, made the classifier's input
 
 def to_model_input(x, name='the generated digits'):
-    """Generated digits as the classifier takes them, (N, 1, 32, 32) float32 in [0, 1]: N >= 2
-    images of 28x28 or 32x32 pixels in any layout ((N, 28, 28), (N, 1, 32, 32), (N, 784), ...),
-    floats in [0, 1] (within 1e-6, clipped) or uint8 0-255; else one ValueError saying what
-    it found. 28x28 digits get load_mnist's 2-pixel border."""
+    """N >= 2 digits of 28x28 or 32x32 pixels, any layout, floats in [0, 1] (1e-6 outside is
+    clipped) or uint8, as the classifier's (N, 1, 32, 32) float32; else one ValueError."""
     x = torch.as_tensor(x)
     pixels = x.shape[1:].numel() if x.ndim >= 2 else 0
     if pixels not in (784, 1024) or len(x) < 2:
@@ -530,8 +550,7 @@ def to_model_input(x, name='the generated digits'):
     return F.pad(x, (2, 2, 2, 2)) if side == 28 else x                # (N, 1, 32, 32)
 
 def load_images(path):
-    """Generated digits from a .npy or .pt file, or a folder of PNG images (read in name order,
-    as pytorch-fid does), as to_model_input gives them."""
+    """to_model_input() of a .npy or .pt file, or of a folder of PNGs (by name, as pytorch-fid)."""
     path = Path(path)
     if path.is_dir():
         from matplotlib.image import imread
@@ -548,30 +567,10 @@ def load_images(path):
         raise ValueError(f'{path}: expected a .npy or .pt file, or a folder of PNG images')
     return to_model_input(x, path)
 
-# the training side, computed once and cached in out/
-
-def training_side(model, after_relu=True, seed=0, data_dir='data', out_dir='out', batch_size=1000):
-    """real_side() of the 60,000 training digits, with their copy_index() as 'copy'. Their
-    features are cached in out_dir/train_features_{post,pre}.npz (made again for another
-    classifier), the copy index, which needs no classifier, in out_dir/train_copies.npz."""
-    features = 'post' if after_relu else 'pre'
-    def train_features():
-        f, probs = embed(model, load_mnist(data_dir)[0][:, None], after_relu, batch_size)
-        return {'f': f.numpy(), 'pred': probs.argmax(1).numpy()}
-    def train_copies():
-        x_train, _, x_val, _ = load_mnist(data_dir)
-        return {k: v.numpy() for k, v in copy_index(x_train[:, None], x_val[:, None]).items()}
-    z = cached(Path(out_dir) / f'train_features_{features}.npz', train_features,
-               classifier=classifier_id(model))
-    c = cached(Path(out_dir) / 'train_copies.npz', train_copies, dims=COPY_DIMS,
-               candidates=COPY_CANDIDATES, rate=COPY_RATE)
-    real = real_side(torch.from_numpy(z['f']), torch.from_numpy(z['pred']), seed)
-    real['copy'] = {k: torch.from_numpy(c[k]) for k in ('train', 'mean', 'axes', 'z', 'tau')}
-    return real
+# the caches of training_side
 
 def cached(path, build, **key):
-    """The arrays saved at path if the scalars key (what made them) match; else build()'s,
-    saved there with key (through write_atomic)."""
+    """The arrays saved at path if saved with this key (what made them); else build()'s, saved."""
     if Path(path).exists():
         with np.load(path) as z:
             if all(k in z.files and z[k] == v for k, v in key.items()):

@@ -8,8 +8,9 @@ Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 1. The mean output of each pooling layer per digit (the blog's layers[2], [5], [8]), one
    figure per level: out/activations_level{0,1,2}.png.
 2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
-3. How normal the features are, as fid.py's Fréchet distance assumes, before the last ReLU
-   (the blog's histograms, out/feature_histograms.png) and after it: skewness and kurtosis.
+3. How normal the features are, as fid.py's Fréchet distance assumes: the last convolution's
+   output before its ReLU, 4x4-averaged (the blog's histograms, out/feature_histograms.png),
+   and after the ReLU and the average (the linear layer's input): skewness and kurtosis.
 4. The mistakes: the accuracy per digit, the most frequent confusions, and out/mistakes.png.
 """
 
@@ -43,12 +44,14 @@ def mean_activations(model, x, y, batch_size=1000):
     return {i: (s / counts.view(10, 1, 1, 1)).float() for i, s in sums.items()}
 
 def plot_maps(maps, path, title):
-    """maps (10, C, H, W): one row per digit, one column per channel, one colour scale."""
+    """maps (10, C, H, W) as one grid image: one row per digit, one column per channel, one
+    colour scale for all (from 0 to the largest value)."""
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 
 def plot_histograms(f, path, bins=100):
-    """A 4x4 grid: histograms of the first 16 features f (N, D), with the fitted normal density."""
+    """A 4x4 grid: histograms of the first 16 features f (N, D), with the fitted normal density.
+    Feature k of the blog's network is channel k // 4 at position k % 4 of its 2x2 map."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10))
     for k, (ax, v) in enumerate(zip(fig.subplots(4, 4, gridspec_kw={'hspace': 0.3}).flat, f.T)):
@@ -66,8 +69,9 @@ def plot_histograms(f, path, bins=100):
 # beyond the blog: dead channels, how normal the features are, and the mistakes
 
 def dead_channels(maps, threshold=0.01):
-    """(the channels of maps (10, C, H, W) whose mean |activation| is at most threshold x the
-    level's largest for every digit, that limit); an all-zero level is all dead."""
+    """(the channels of maps (10, C, H, W) whose mean map, in absolute value and averaged over
+    its pixels, is at most threshold x the level's largest, for every digit; that limit). An
+    all-zero level is all dead."""
     channel_means = maps.abs().mean(dim=(2, 3))          # (10, C); abs: a negative one fires too
     limit = threshold * channel_means.max()
     return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
@@ -110,7 +114,7 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
     """The n most confident mistakes, each labelled 'true->predicted probability'."""
     wrong = torch.nonzero(pred != y).flatten()                        # (M,)
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:n]
-    rows = max(1, -(-len(order) // per_row))                           # ceil(n / per_row)
+    rows = max(1, -(-len(order) // per_row))                     # ceil(len(order) / per_row)
     tiles = np.full((rows * per_row, 28, 28), np.nan)                  # NaN tiles stay white
     tiles[:len(order)] = x[order, 0, 2:30, 2:30].numpy()               # without the padding
     labels = [f'{y[i]}->{pred[i]} {confidence[i]:.2f}' for i in order.tolist()]
@@ -128,8 +132,7 @@ def main(argv=None):
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
     parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    parser.add_argument('--dead-threshold', type=float, default=0.01, help='a channel is dead '
-                        "when its mean activation is at most this fraction of its level's largest")
+    parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')
     parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')
     parser.add_argument('--out-dir', default='out', help='folder for the figures')
     args = parser.parse_args(argv)

@@ -9,18 +9,16 @@ every script shares (figures, safe writes, errors), after a ruler.
     x_train, y_train, x_val, y_val = load_mnist()   # (60000, 32, 32), (60000,), (10000, ...
 
 An IDX file (http://yann.lecun.com/exdb/mnist/) is a small big-endian header and one flat
-array, usually gzipped. As in the blog, the 28x28 digits are scaled to [0, 1] and padded with
-2 zero pixels on each side to 32x32, so that the network's two halvings and its final 4x4
-average divide evenly (32 -> 16 -> 8 -> 2). The files are read from data/, downloaded there
-on first use; each must have the SHA-256 below, of its decompressed content, so any correct
-copy is accepted.
+array, usually gzipped. As in the blog, the 28x28 digits are scaled to [0, 1] (the post says
+[0, 1), but 255 / 255 = 1) and padded with 2 zero pixels on each side to 32x32, so that the
+network's two halvings and its final 4x4 average divide evenly (32 -> 16 -> 8 -> 2). The
+files are read from data/, downloaded there on first use, and checked by their SHA-256.
 """
 
 import argparse
 import gzip
 import hashlib
 import math
-import os
 import struct
 import sys
 import tempfile
@@ -31,18 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# the four files in the order load_mnist returns them, with the SHA-256 of their content
-SHA256 = {
-    'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
-    'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
-    't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
-    't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
-}
-MIRRORS = [
-    'https://ossci-datasets.s3.amazonaws.com/mnist/',  # the one torchvision tries first
-    'https://storage.googleapis.com/cvdf-datasets/mnist/',
-    'http://yann.lecun.com/exdb/mnist/',  # the original; often rate-limited or down
-]
 # IDX element types (the header's third byte): bytes, then big-endian short, int, float, double
 IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
               0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -73,15 +59,18 @@ def load_mnist(data_dir='data'):
     """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixel
     values / 255 as float32, padded to 32x32; int64 labels. As in the blog, the test set is the
     validation set."""
-    # uint8 arrays: images (N, 28, 28), labels (N,)
-    arrays = [parse_idx(verified_bytes(name, data_dir), name) for name in SHA256]
+    # the four files, each read from data_dir (or downloaded), then parsed: uint8 arrays
+    names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',   # (60000, 28, 28), (60000,)
+             't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']     # (10000, 28, 28), (10000,)
+    arrays = [parse_idx(read_or_download(name, data_dir), name) for name in names]
     x_train, y_train, x_val, y_val = map(torch.from_numpy, arrays)
     # as in the blog: to [0, 1], then 2 zero pixels on each side, (N, 28, 28) -> (N, 32, 32)
     x_train, x_val = [F.pad(x.float() / 255, (2, 2, 2, 2)) for x in (x_train, x_val)]
     return x_train, y_train.long(), x_val, y_val.long()
 
 def plot_samples(x, y, path, per_digit=10, seed=0):
-    """The blog's first figure: a row of random images x (N, 32, 32) of each digit y (N,)."""
+    """The blog's first figure: a row of random images x (N, 32, 32) of each digit y (N,), drawn
+    without repeats (the blog's randint may repeat one)."""
     from matplotlib.figure import Figure  # not pyplot: nothing opens a window
     g = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(per_digit / 2, 5))
@@ -142,72 +131,72 @@ def save_figure(fig, path):
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
-# The MNIST files: found in data_dir, or downloaded, and verified
+# The MNIST files: read from data_dir, or downloaded there, and checked by the SHA-256 of
+# their decompressed content
 
-def verified_bytes(name, data_dir):
-    """The decompressed bytes of the MNIST file `name`: from data_dir, where it may lie gzipped
-    (name.gz) or not (name), or else downloaded there; checked against its SHA-256."""
+SHA256 = {
+    'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+    'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+    't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+    't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
+}
+MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',        # torchvision's first choice
+           'https://storage.googleapis.com/cvdf-datasets/mnist/',
+           'http://yann.lecun.com/exdb/mnist/']                       # the original, often down
+
+def read_or_download(name, data_dir):
+    """The decompressed bytes of the MNIST file `name`, read from data_dir (as name.gz, or
+    decompressed as name) or else downloaded there, checked against its SHA-256."""
     data_dir = Path(data_dir)
     if data_dir.is_file():
         raise ValueError(f'--data-dir {data_dir} is a file, not a folder for the MNIST files')
     path = next((p for p in (data_dir / f'{name}.gz', data_dir / name) if p.is_file()), None)
-    raw = read_bytes(path) if path else download(name, data_dir)
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != SHA256[name]:
-        raise ValueError(f'{path}: damaged or not the MNIST file {name} (SHA-256 {digest}); '
-                         f'delete it, and it is downloaded again')
-    return raw
-
-def read_bytes(path):
-    """The bytes of a file, decompressed if its name ends in .gz (one ValueError if it can't be)."""
-    raw = Path(path).read_bytes()
-    if Path(path).suffix != '.gz':
-        return raw
+    if path is None:
+        return download(name, data_dir)
+    raw = path.read_bytes()
     try:
-        return gzip.decompress(raw)
+        raw = gzip.decompress(raw) if path.suffix == '.gz' else raw
     except (OSError, EOFError) as e:  # not gzip, cut short, a bad checksum
         raise ValueError(f'{path}: not a readable gzip file ({e}); delete or replace it') from None
+    if hashlib.sha256(raw).hexdigest() != SHA256[name]:
+        raise ValueError(f'{path}: damaged or not the MNIST file {name} (its SHA-256 differs); '
+                         f'delete it, and it is downloaded again')
+    return raw
 
 def download(name, data_dir):
     """The decompressed bytes of name.gz from the first mirror that serves the right file, which
     is then saved in data_dir (never a partial or a wrong file)."""
-    errors = []
     for url in [mirror + f'{name}.gz' for mirror in MIRRORS]:
         print(f'downloading {url}')
         try:
             with urllib.request.urlopen(url, timeout=60) as r:
                 gz = r.read()
             raw = gzip.decompress(gz)
-        except (OSError, EOFError) as e:  # no network, HTTP errors, timeouts, a broken file
-            errors.append(f'  {url}: {e}')
+        except (OSError, EOFError):  # no network, HTTP errors, timeouts, not gzip
             continue
         if hashlib.sha256(raw).hexdigest() == SHA256[name]:
             write_atomic(data_dir / f'{name}.gz', lambda tmp: tmp.write_bytes(gz))
             return raw
-        errors.append(f'  {url}: not the right file (its SHA-256 differs)')
-    raise FileNotFoundError('\n'.join([
-        f'{name}.gz is not in {data_dir}/ and could not be downloaded:', *errors,
-        f'Without internet, put the four MNIST files into {data_dir}/ yourself, gzipped or not:',
-        *[f'  {n}.gz' for n in SHA256]]))
+    raise FileNotFoundError(f'{name}.gz is not in {data_dir}/ and no mirror served it; without '
+                            f'internet, put the four MNIST files there: {", ".join(SHA256)} '
+                            f'(gzipped as .gz or not)')
 
 # safe writes, and errors in one line: what every script shares
 
 def write_atomic(path, write):
-    """Create or replace path (and its folder) through a temporary file beside it: write(tmp),
-    then one rename, so path never holds a half-written file; tmp is removed on any failure,
-    Ctrl-C included."""
+    """Create or replace path through write(tmp) to a temporary file beside it and one rename:
+    never a half-written file; tmp is removed on any failure, Ctrl-C included."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
 def check_writable(folder):
-    """Make folder and write a file into it: a script learns at its start, not after an hour,
-    that it cannot save its results."""
+    """Make folder and write a file into it: learnt at the start, not after an hour of work."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
@@ -215,8 +204,7 @@ def check_writable(folder):
         raise ValueError(f'cannot write into the folder {folder}: {e.strerror}') from None
 
 def run_script(main):
-    """Run a script's main(): a bad input (a missing or damaged file, a folder that can't be
-    written, a wrong flag) is one line and exit code 1, Ctrl-C exit code 130; no traceback."""
+    """Run main(): a bad input is one line and exit code 1, Ctrl-C exit code 130; no traceback."""
     try:
         main()
     except (OSError, ValueError, FloatingPointError) as e:

@@ -18,6 +18,7 @@ Parameter count: the blog's text says 16,554, but the code it prints, which we f
 """
 
 import hashlib
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -40,7 +41,7 @@ class Classifier(nn.Module):
         self.layers = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
             nn.ReLU(),                              # 1
-            nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0
+            nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0 (stride = 2)
             nn.Conv2d(c1, c2, 3, padding='same'),   # 3: (B, 16, 16, 16)  8*16*9 + 16 = 1,168
             nn.ReLU(),                              # 4
             nn.MaxPool2d(2),                        # 5: (B, 16, 8, 8)    level 1
@@ -63,22 +64,24 @@ class Classifier(nn.Module):
           as the network pools it (the blog's 4x4 average) and flattened: (B, 32 * 2 * 2);
         - after_relu=True ("post", fid.py's yardstick): the linear layer's input, so after
           the ReLU, the pooling, the flatten and the dropout (off in eval mode)."""
-        # the post's own code, for the blog's network:
-        #   pre = F.avg_pool2d(model.layers[:7](x), 4).flatten(1)   (layers[6] is the last conv)
-        conv = [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1]
-        after = list(self.modules())
-        after = after[after.index(conv):]                  # the last conv and what comes after it
-        linear = next(m for m in after if isinstance(m, nn.Linear))
-        taken = []  # a forward hook takes the tensor as the network computes it
+        # the blog's own code for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
+        # parts are found in the network (in the blog's: layers[6], [8] and [11]), and a
+        # forward hook takes a layer's input or output as the network computes it
+        layers = list(self.modules())
+        i = max(k for k, m in enumerate(layers) if isinstance(m, nn.Conv2d))   # the last conv
+        j = next(k for k in range(i, len(layers)) if isinstance(layers[k], nn.Linear))
+        conv, linear = layers[i], layers[j]
+        pools = [m for m in layers[i:j] if isinstance(m, POOLING)]   # between them
+        taken = []
         if after_relu:
             with linear.register_forward_pre_hook(lambda m, args: taken.append(args[0])):
                 logits = self(x)
             return taken[0], logits                         # (B, 128), (B, 10)
-        # a copy of the conv's output: an nn.ReLU(inplace=True) would change it in place
+        # a copy of the conv's output, before an nn.ReLU(inplace=True) could change it
         with conv.register_forward_hook(lambda m, args, out: taken.append(out.clone())):
             logits = self(x)
         h = taken[0]                                        # (B, 32, 8, 8)
-        for pool in [m for m in after[:after.index(linear)] if isinstance(m, POOLING)]:
+        for pool in pools:
             h = pool(h)                                     # (B, 32, 2, 2)
         return h.flatten(1), logits                         # (B, 128), (B, 10)
 
@@ -86,7 +89,7 @@ class Classifier(nn.Module):
     def summary(self):
         """One line: each level's output shape (C x H x W), the feature size, the parameters."""
         was_training = self.training
-        self.eval()                # dropout would draw random numbers, batch norm learn
+        self.eval()  # else dropout would draw random numbers (and an edit's batch norm learn)
         x = torch.zeros(2, 1, 32, 32, device=next(self.parameters()).device)
         levels = [m for m in self.modules() if isinstance(m, POOLING)]
         shapes = []
@@ -101,27 +104,7 @@ class Classifier(nn.Module):
                 f'{f.shape[1]:,} features | {n:,} parameters')
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file
-
-def load_classifier(path, device='cpu'):
-    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py.
-    One of another network than the one model.py builds now is refused (ValueError), also when
-    its weights would fit (an edited activation, say): its numbers would be another network's."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one') from None
-    if 'network' not in ckpt:
-        raise ValueError(f'{path}: not a checkpoint of this train.py; python train.py writes one')
-    model = Classifier().to(device)
-    if ckpt['network'] != repr(model):  # the layers, one line each, as print(model) shows them
-        old, new = ckpt['network'].splitlines(), repr(model).splitlines()
-        diff = next((f'{a.strip()} is now {b.strip()}' for a, b in zip(old, new) if a != b),
-                    f'{len(old)} lines of layers are now {len(new)}')
-        raise ValueError(f'{path} was trained with another network than model.py builds now '
-                         f'({diff}); python train.py trains the current one')
-    model.load_state_dict(ckpt['model'])
-    return model.eval(), ckpt
+# the name of a trained classifier: the yardstick fid.py reports its numbers with
 
 def classifier_id(model):
     """The name of a trained classifier, which fid.py prints with its numbers: the first 12 hex
@@ -131,14 +114,32 @@ def classifier_id(model):
         sha.update(w.detach().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()[:12]
 
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file
+
+def load_classifier(path, device='cpu'):
+    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py.
+    One of another network than the one model.py builds now is refused (ValueError), also when
+    its weights would fit (an edited activation, say): its numbers would be another network's."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = Classifier().to(device)
+    old, new = ckpt.get('network', '').splitlines(), repr(model).splitlines()
+    if old != new:  # the layers, one line each, as print(model) shows them
+        diff = next((f'{a.strip()} is now {b.strip()}' for a, b in zip(old, new) if a != b),
+                    f'{len(old)} lines of layers, now {len(new)}' if old else 'it records none')
+        raise ValueError(f'{path} was trained with another network than model.py builds now '
+                         f'({diff}); python train.py trains the current one')
+    model.load_state_dict(ckpt['model'])
+    return model.eval(), ckpt
+
 def get_device(name='auto'):
     """'auto' picks cuda, then mps, then cpu; another name must be one of those, available here."""
-    available = {'cpu': True, 'cuda': torch.cuda.is_available(),
-                 'mps': torch.backends.mps.is_available()}
+    usable = [d for d, ok in (('cuda', torch.cuda.is_available()),
+                              ('mps', torch.backends.mps.is_available()), ('cpu', True)) if ok]
     if name == 'auto':
-        return 'cuda' if available['cuda'] else 'mps' if available['mps'] else 'cpu'
-    if not available.get(name.split(':')[0]):
-        usable = ', '.join(k for k, v in available.items() if v)
-        raise ValueError(f'--device {name}: not a device this PyTorch ({torch.__version__}) can '
-                         f'use here; it can use auto, {usable}')
+        return usable[0]
+    if name.split(':')[0] not in usable:
+        raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) can use {usable}')
     return name

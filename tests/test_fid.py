@@ -383,7 +383,7 @@ def test_the_table_of_known_failures(setup, capsys, monkeypatch):
     monkeypatch.setattr(fid, 'KID_SUBSETS', 10)
     run(tmp_path)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
-    assert rows[0].startswith('| compared (post features) | N | FID | final post |')
+    assert rows[0].startswith('| compared (post features) | N | FID | final part |')
     cells = {row.split(' | ')[0][2:]: row.split(' | ') for row in rows[1:]}
     assert cells['validation set vs train'][1:4] == ['300', cells['validation set vs train'][2], '0.30']
     assert cells['validation digits 0-4 only'][1] == str((setup[2][3] < 5).sum().item())

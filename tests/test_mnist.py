@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import mnist
-from mnist import check_writable, load_mnist, parse_idx, read_bytes, run_script, write_atomic
+from mnist import check_writable, load_mnist, parse_idx, read_or_download, run_script, write_atomic
 
 # -----------------------------------------------------------------------------
 # IDX files written here, independently of mnist.py
@@ -30,16 +30,10 @@ def idx_bytes(x):
     header = bytes([0, 0, TYPE_CODES[x.dtype.str[1:]], x.ndim]) + struct.pack(f'>{x.ndim}I', *x.shape)
     return header + x.astype(x.dtype.newbyteorder('>')).tobytes()
 
-def read_idx(path):
-    return parse_idx(read_bytes(path), path)
-
 @pytest.mark.parametrize('dtype', ['u1', 'i1', '<i2', '<i4', '<f4', '<f8'])
-@pytest.mark.parametrize('gz', [False, True])
-def test_round_trip_every_type(tmp_path, dtype, gz):
+def test_round_trip_every_type(dtype):
     x = (np.random.default_rng(0).standard_normal((3, 4, 5)) * 100).astype(dtype)
-    path = tmp_path / ('x.gz' if gz else 'x')
-    path.write_bytes(gzip.compress(idx_bytes(x)) if gz else idx_bytes(x))
-    y = read_idx(path)
+    y = parse_idx(idx_bytes(x), 'x')
     assert y.shape == x.shape and y.dtype == np.dtype(dtype).newbyteorder('=')
     np.testing.assert_array_equal(y, x)
     y[0, 0, 0] = 1                                    # writable: not a view of the file's bytes
@@ -65,22 +59,33 @@ BAD = {  # a malformed file, and what the one ValueError must say
 }
 
 @pytest.mark.parametrize('case', BAD)
-@pytest.mark.parametrize('gz', [False, True])
-def test_a_malformed_idx_file_is_one_value_error_naming_it(tmp_path, case, gz):
+def test_a_malformed_idx_file_is_one_value_error_naming_it(case):
     raw, message = BAD[case]
-    path = tmp_path / ('bad.gz' if gz else 'bad')
-    path.write_bytes(gzip.compress(raw) if gz else raw)
     with pytest.raises(ValueError) as e:
-        read_idx(path)
-    assert str(e.value).startswith(f'{path}: ') and message in str(e.value)
+        parse_idx(raw, 'data/x-idx1-ubyte')
+    assert str(e.value).startswith('data/x-idx1-ubyte: ') and message in str(e.value)
+
+NAME = 'train-images-idx3-ubyte'
 
 @pytest.mark.parametrize('raw', [GOOD, gzip.compress(GOOD)[:-9], b'\x1f\x8b' + b'\0' * 30])
-def test_a_gz_file_that_is_not_gzip_is_one_value_error_naming_it(tmp_path, raw):
-    path = tmp_path / 'x.gz'                          # not gzip, cut short, a bad header
-    path.write_bytes(raw)
-    with pytest.raises(ValueError, match='not a readable gzip file') as e:
-        read_bytes(path)
-    assert str(e.value).startswith(f'{path}: ') and str(e.value).endswith('delete or replace it')
+def test_a_gz_file_that_is_not_gzip_is_one_value_error_naming_it(tmp_path, monkeypatch, raw):
+    monkeypatch.setattr(mnist, 'SHA256', {NAME: hashlib.sha256(GOOD).hexdigest()})
+    (tmp_path / f'{NAME}.gz').write_bytes(raw)         # not gzip, cut short, a bad header
+    with pytest.raises(ValueError) as e:
+        read_or_download(NAME, tmp_path)
+    assert str(e.value).startswith(f'{tmp_path / NAME}.gz: not a readable gzip file (')
+    assert str(e.value).endswith('); delete or replace it')
+
+@pytest.mark.parametrize('raw', [GOOD[:-1], GOOD[:6], b'\0\1' + GOOD[2:]])
+def test_a_malformed_mnist_file_says_to_delete_it(tmp_path, monkeypatch, raw):
+    monkeypatch.setattr(mnist, 'SHA256', {NAME: hashlib.sha256(GOOD).hexdigest()})
+    for path in (tmp_path / f'{NAME}.gz', tmp_path / NAME):   # gzipped or not
+        path.write_bytes(gzip.compress(raw) if path.suffix == '.gz' else raw)
+        with pytest.raises(ValueError) as e:
+            read_or_download(NAME, tmp_path)
+        assert str(e.value) == (f'{path}: damaged or not the MNIST file {NAME} (its SHA-256 '
+                                f'differs); delete it, and it is downloaded again')
+        path.unlink()
 
 def test_a_huge_declared_shape_allocates_nothing():
     # 28 bytes whose header claims 1000 x 1000 x 1000 bytes (1 GB) of data
@@ -119,15 +124,6 @@ def test_load_mnist_scales_and_pads_as_the_blog(tmp_path, monkeypatch, gz):
         assert torch.equal(x, expected)               # the blog's x / 255.0, padded with zeros
     assert y_train.dtype == torch.int64 and y_train.tolist() == raw[1].tolist()
     assert y_val.tolist() == raw[3].tolist()
-
-def test_a_file_with_other_content_says_to_delete_it(tmp_path, monkeypatch):
-    fake_mnist(tmp_path, monkeypatch)
-    name = 't10k-labels-idx1-ubyte'
-    (tmp_path / f'{name}.gz').write_bytes(gzip.compress(idx_bytes(np.zeros(4, np.uint8))))
-    with pytest.raises(ValueError) as e:
-        load_mnist(tmp_path)
-    assert str(e.value).startswith(f'{tmp_path / name}.gz: damaged or not the MNIST file {name}')
-    assert str(e.value).endswith('delete it, and it is downloaded again')
 
 def test_a_data_dir_that_is_a_file(tmp_path):
     (tmp_path / 'data').write_bytes(b'')
@@ -170,10 +166,9 @@ def test_no_files_and_no_mirror_says_where_to_put_them(tmp_path, monkeypatch, se
     monkeypatch.setattr(mnist, 'MIRRORS', [url + 'missing/'])
     with pytest.raises(FileNotFoundError) as e:
         load_mnist(tmp_path / 'data')
-    lines = str(e.value).splitlines()
-    assert lines[0] == f'train-images-idx3-ubyte.gz is not in {tmp_path / "data"}/ and could not be downloaded:'
-    assert '404' in lines[1] and f'put the four MNIST files into {tmp_path / "data"}/' in lines[2]
-    assert lines[3:] == [f'  {n}.gz' for n in mnist.SHA256]
+    assert str(e.value) == (f'train-images-idx3-ubyte.gz is not in {tmp_path / "data"}/ and no '
+                            f'mirror served it; without internet, put the four MNIST files there: '
+                            f'{", ".join(mnist.SHA256)} (gzipped as .gz or not)')
     assert not (tmp_path / 'data').exists()           # nothing partial left behind
 
 # -----------------------------------------------------------------------------

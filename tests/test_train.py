@@ -175,8 +175,9 @@ def test_cli_flags_reach_the_run_and_its_checkpoint(tmp_path, fake_data, capsys)
     assert ckpt['history'] == [{**h, 'seconds': c['seconds']} for h, c in zip(history, ckpt['history'])]
     assert ckpt['epoch'] == 4 and ckpt['val_acc'] == history[-1]['val_acc']
     assert ckpt['config'] == {'data_dir': 'somewhere', 'epochs': 4, 'batch_size': 40, 'lr': 0.005,
-                              'seed': 7, 'device': 'cpu', 'log_every': 3,
-                              'out_dir': str(tmp_path / 'out'), 'compare_blog_loop': 0}
+                              'seed': 7, 'device': 'cpu', 'log_every': 3, 'resume': False,
+                              'out_dir': str(tmp_path / 'out'), 'compare_blog_loop': 0,
+                              'optimizer': type(make_optimizer(model, 0.1)).__name__}
     assert ckpt['network'] == repr(Classifier())
     out = capsys.readouterr().out
     assert f'Model accuracy: {100 * history[-1]["val_acc"]:.2f}%' in out
@@ -225,9 +226,9 @@ def test_ctrl_c_in_the_first_epoch_saves_nothing(tmp_path, fake_data, monkeypatc
     assert not (tmp_path / 'out' / 'classifier.pt').exists()
 
 @pytest.mark.parametrize('args, message', [
-    (['--lr', 0.02], 'was trained with --lr 0.01 (now 0.02); only --epochs may change'),
-    (['--batch-size', 16], 'was trained with --batch-size 32 (now 16)'),
-    (['--seed', 1], 'was trained with --seed 0 (now 1)'),
+    (['--lr', 0.02], 'was trained with lr 0.01 (now 0.02); only --epochs may change'),
+    (['--batch-size', 16], 'was trained with batch_size 32 (now 16)'),
+    (['--seed', 1, '--lr', 0.1], 'was trained with lr 0.01 (now 0.1), seed 0 (now 1)'),
     (['--epochs', 3], 'holds epoch 3 already; ask for more, e.g. --epochs 53'),
 ])
 def test_resume_refuses_what_would_change_the_run(tmp_path, fake_data, args, message):
@@ -242,17 +243,23 @@ def test_resume_refuses_another_optimizer_or_no_checkpoint(tmp_path, fake_data, 
     sgd = lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr)
     monkeypatch.setattr(train_py, 'make_optimizer', sgd)
     optimizer = type(make_optimizer(Classifier(), 0.1)).__name__
-    with pytest.raises(ValueError, match=f'{path} was trained with {optimizer}, but '
-                                         f'make_optimizer makes SGD now'):
+    with pytest.raises(ValueError, match=f'{path} was trained with optimizer {optimizer} '
+                                         r'\(now SGD\)'):
         main(tmp_path, '--resume', '--epochs', 5)
     with pytest.raises(FileNotFoundError, match='no such checkpoint'):
         main(tmp_path, '--resume', out='none')
 
-def test_a_new_run_keeps_the_finished_checkpoint(tmp_path, fake_data, capsys):
+def test_a_new_run_keeps_the_checkpoint_that_was_there(tmp_path, fake_data, capsys):
+    path, prev = tmp_path / 'out' / 'classifier.pt', tmp_path / 'out' / 'classifier.prev.pt'
     first = main(tmp_path, '--seed', 1).read_bytes()
     main(tmp_path, '--seed', 2)
-    assert (tmp_path / 'out' / 'classifier.prev.pt').read_bytes() == first
-    assert 'kept the checkpoint that was in' in capsys.readouterr().out
+    assert prev.read_bytes() == first and f'kept {path} as {prev}\n' in capsys.readouterr().out
+    second = path.read_bytes()
+    main(tmp_path, '--seed', 3)
+    assert prev.read_bytes() == second and f'kept {path} as {prev}, replacing the one there' in \
+        capsys.readouterr().out
+    main(tmp_path, '--seed', 3, '--epochs', 4, '--resume')     # --resume goes on in place
+    assert prev.read_bytes() == second
 
 def test_an_unusable_out_dir_is_found_before_any_work(tmp_path, fake_data):
     (tmp_path / 'file').write_text('')
