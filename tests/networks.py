@@ -17,7 +17,8 @@ def conv(c_in, c_out, k=3):
 def blog():
     """The blog's layer list: pooling layers (the levels) at 2, 5, 8; 128 features."""
     return [conv(1, 8), nn.ReLU(), nn.MaxPool2d(2), conv(8, 16), nn.ReLU(), nn.MaxPool2d(2),
-            conv(16, 32), nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Dropout(), nn.Linear(128, 10)]
+            conv(16, 32), nn.ReLU(), nn.AvgPool2d(4),
+            nn.Flatten(), nn.Dropout(), nn.Linear(128, 10)]
 
 def layers(name):
     """A fresh layer list: the blog's ('blog') or one of EDITS."""
@@ -39,7 +40,8 @@ def layers(name):
             nn.Linear(32, 10)],
         'in-place ReLU, 5x5 kernels, max pool': lambda: [
             conv(1, 8, 5), relu(), nn.MaxPool2d(2), conv(8, 16, 5), relu(), nn.MaxPool2d(2),
-            conv(16, 32, 5), relu(), nn.MaxPool2d(4), nn.Flatten(), nn.Dropout(), nn.Linear(128, 10)],
+            conv(16, 32, 5), relu(), nn.MaxPool2d(4),
+            nn.Flatten(), nn.Dropout(), nn.Linear(128, 10)],
         'hidden linear layer': lambda: [*blog()[:10], nn.Linear(128, 64), nn.ReLU(), nn.Dropout(),
                                         nn.Linear(64, 10)],
     }[name]()
@@ -82,5 +84,6 @@ def walk_features(model, x):
         if i == conv:
             pre = h.clone()
             for m in layers[conv:linear]:
-                pre = m(pre) if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) else pre
+                if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                    pre = m(pre)
     return pre.flatten(1), h

@@ -49,7 +49,8 @@ def test_frechet_distance_closed_forms():
 def test_frechet_distance_against_the_eigenvalues_of_the_product():
     # tr(sqrt(s1 s2)) = the sum of the square roots of the eigenvalues of s1 s2 (all >= 0)
     rng = np.random.default_rng(1)
-    mu1, mu2, s1, s2 = rng.standard_normal(6), rng.standard_normal(6), random_cov(6, rng), random_cov(6, rng)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    s1, s2 = random_cov(6, rng), random_cov(6, rng)
     tr = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
@@ -66,7 +67,8 @@ def test_mean_cov_equals_numpy_also_with_a_large_mean():
     f = np.random.default_rng(3).standard_normal((500, 4)).astype(np.float32) + 1e4
     mu, sigma = mean_cov(torch.from_numpy(f))
     np.testing.assert_allclose(mu, f.astype(np.float64).mean(0), rtol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(f.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sigma, np.cov(f.astype(np.float64), rowvar=False), rtol=1e-9,
+                               atol=1e-9)
 
 def test_embed_is_the_model_in_eval_mode_a_batch_at_a_time():
     model = network('blog').train()                   # dropout on: embed switches it off
@@ -97,8 +99,8 @@ def test_kid_subsets_and_what_it_measures():
     mean, std, m = kernel_inception_distance(a, b[:200], subsets=3, subset_size=1000)
     assert m == 200 and std == pytest.approx(0, abs=1e-12)     # every subset is the whole set
     assert mean == pytest.approx(mmd2_unbiased(a.double(), b[:200].double()))
-    assert kernel_inception_distance(a, b, 5, 100, seed=1) == kernel_inception_distance(a, b, 5, 100, seed=1)
-    assert kernel_inception_distance(a, b, 5, 100, seed=1) != kernel_inception_distance(a, b, 5, 100, seed=2)
+    kid = lambda seed: kernel_inception_distance(a, b, 5, 100, seed=seed)
+    assert kid(1) == kid(1) and kid(1) != kid(2)
     assert kernel_inception_distance(a, b, 5, 1000)[2] == 200  # at most the smaller set
     assert abs(kernel_inception_distance(a, b, 20, 100)[0]) < 0.05             # one distribution
     assert kernel_inception_distance(a, b + 1, 20, 100)[0] > 0.5               # shifted
@@ -111,15 +113,17 @@ def brute_force(gen, real, k_pr=3, k_dc=5):
     r_real = d_rr.sort(1).values[:, k_pr]                               # [:, 0]: the point itself
     r_gen = d_gg.sort(1).values[:, k_pr]
     r_dc = d_rr.sort(1).values[:, k_dc]
-    precision = np.mean([any(d_gr[j, i] <= r_real[i] for i in range(len(real))) for j in range(len(gen))])
-    recall = np.mean([any(d_gr[j, i] <= r_gen[j] for j in range(len(gen))) for i in range(len(real))])
+    M, N = len(real), len(gen)
+    precision = np.mean([any(d_gr[j, i] <= r_real[i] for i in range(M)) for j in range(N)])
+    recall = np.mean([any(d_gr[j, i] <= r_gen[j] for j in range(N)) for i in range(M)])
     density = sum((d_gr[j] <= r_dc).sum().item() for j in range(len(gen))) / (k_dc * len(gen))
     coverage = np.mean([(d_gr[:, i] <= r_dc[i]).any().item() for i in range(len(real))])
     return precision, recall, density, coverage
 
 def test_manifold_metrics_against_brute_force():
     g = torch.Generator().manual_seed(0)
-    real, gen = torch.randn(60, 4, generator=g).double(), torch.randn(45, 4, generator=g).double() * 1.3 + 0.3
+    real = torch.randn(60, 4, generator=g).double()
+    gen = torch.randn(45, 4, generator=g).double() * 1.3 + 0.3
     expected = brute_force(gen, real)
     assert manifold_metrics(gen, real, block=7) == pytest.approx(expected, abs=1e-9)
     radii = knn_radii2(real, (3, 5), block=11).unbind(1)                # known radii, passed in
@@ -161,12 +165,16 @@ def test_metrics_against_direct_counts():
     for d in range(10):
         assert r['digits'][d]['n'] == (pred == d).sum()
         assert r['digits'][d]['share'] == pytest.approx((pred == d).double().mean().item())
-        assert r['digits'][d]['real_share'] == pytest.approx((p_real.argmax(1) == d).double().mean().item())
-    assert r['digits_present'] == 5 and math.isnan(r['digits'][0]['kid']) and r['digits'][1]['kid'] > -1
+        real_share = (p_real.argmax(1) == d).double().mean().item()
+        assert r['digits'][d]['real_share'] == pytest.approx(real_share)
+    assert r['digits_present'] == 5 and math.isnan(r['digits'][0]['kid'])
+    assert not math.isnan(r['digits'][1]['kid'])
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f), *mean_cov(f_real)))
     assert r['kid'] == kernel_inception_distance(f, f_real)[0]
-    assert (r['precision'], r['recall'], r['density'], r['coverage']) == pytest.approx(manifold_metrics(f, f_real))
-    assert r['digit_kl'] == pytest.approx(kl_divergence(fid.digit_shares(pred), fid.digit_shares(p_real.argmax(1))))
+    four = (r['precision'], r['recall'], r['density'], r['coverage'])
+    assert four == pytest.approx(manifold_metrics(f, f_real))
+    shares, real_shares = fid.digit_shares(pred), fid.digit_shares(p_real.argmax(1))
+    assert r['digit_kl'] == pytest.approx(kl_divergence(shares, real_shares))
     assert r['classifier_score'] == pytest.approx(classifier_score(probs))
     assert r['warnings'] == ['KID on subsets of 300, not 1000: noisier']
     stray = probs.clone()
@@ -180,7 +188,8 @@ def test_precision_and_recall_use_a_seeded_random_subset_of_at_most_manifold_n(m
     monkeypatch.setattr(fid, 'MANIFOLD_N', 100)
     g = torch.Generator().manual_seed(0)
     f_real = torch.randn(300, 8, generator=g)
-    f = torch.cat([torch.randn(100, 8, generator=g) + 100, f_real[torch.randint(0, 300, (300,), generator=g)]])
+    f = torch.cat([torch.randn(100, 8, generator=g) + 100,
+                   f_real[torch.randint(0, 300, (300,), generator=g)]])
     r = metrics(f, torch.full((400, 10), 0.1), real_side(f_real, torch.arange(300) % 10))
     assert (r['pr_n'], r['pr_n_real']) == (100, 100) and 0.6 < r['precision'] < 0.9
 
@@ -199,16 +208,19 @@ def test_recentre_undoes_whole_pixel_shifts(mnist_data):
 
 def test_nearest_two_against_brute_force(monkeypatch):
     g = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (50, 1, 32, 32), generator=g) / 255 * (torch.rand(50, 1, 32, 32, generator=g) > 0.8)
+    train = torch.randint(0, 256, (50, 1, 32, 32), generator=g) / 255
+    train *= torch.rand(50, 1, 32, 32, generator=g) > 0.8            # sparse strokes
     x = torch.rand(30, 1, 32, 32, generator=g) * 0.5
     x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training digit
     index = copy_index(train, train[:10])
     ratio, d1, j = nearest_two(x, index, block=7, chunk=16)           # chunks of 16, 16, 16, 2
-    d = torch.cdist(recentre(x[:, 0]).flatten(1).double(), recentre(train[:, 0]).flatten(1).double())
+    flat = lambda images: recentre(images[:, 0]).flatten(1).double()
+    d = torch.cdist(flat(x), flat(train))                            # (30, 50)
     top2 = d.topk(2, 1, largest=False)
     torch.testing.assert_close(d1.double(), top2.values[:, 0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ratio.double(), top2.values[:, 0] / top2.values[:, 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ratio.double(), top2.values[:, 0] / top2.values[:, 1], rtol=1e-5,
+                               atol=1e-5)
     assert torch.equal(j, top2.indices[:, 0]) and (ratio[:5] == 0).all()
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)                    # the default finds them too
     assert nearest_two(x, index, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
@@ -239,7 +251,8 @@ def test_copies_of_every_kind_are_found_and_new_digits_are_not(memorisers):
     assert rate((copied + 0.05 * torch.randn(copied.shape, generator=g)).clamp(0, 1)) >= 0.85
     assert rate(new) <= 0.02                                          # about COPY_RATE
     assert rate(F.avg_pool2d(new, 3, stride=1, padding=1)) <= 0.005   # blurred new digits
-    assert rate(torch.rand(300, 1, 32, 32, generator=g)) == 0 and rate(torch.zeros(10, 1, 32, 32)) == 0
+    assert rate(torch.rand(300, 1, 32, 32, generator=g)) == 0
+    assert rate(torch.zeros(10, 1, 32, 32)) == 0                      # blank images
 
 # -----------------------------------------------------------------------------
 # the readers of generated digits
@@ -262,7 +275,8 @@ def test_images_in_shape_are_used_as_they_are_and_uint8_is_scaled():
     (np.zeros((5, 30, 30)), 'got shape (5, 30, 30)'),
     (np.zeros((1, 28, 28)), 'got shape (1, 28, 28)'),
     (np.zeros((5, 28, 28, 3)), 'got shape (5, 28, 28, 3)'),
-    (np.full((5, 28, 28), 255, np.int64), 'expected float images in [0, 1] or uint8 0-255, got torch.int64'),
+    (np.full((5, 28, 28), 255, np.int64),
+     'expected float images in [0, 1] or uint8 0-255, got torch.int64'),
     (np.linspace(-1, 1, 5 * 784).reshape(5, 28, 28),
      'found values from -1 to 1: they look like [-1, 1], map them with (x + 1) / 2'),
     (np.linspace(0, 255, 5 * 784).reshape(5, 28, 28), 'found values from 0 to 255'),
@@ -278,7 +292,8 @@ def gray_png(path, a):
     chunk = lambda kind, data: (struct.pack('>I', len(data)) + kind + data
                                 + struct.pack('>I', zlib.crc32(kind + data)))
     rows = b''.join(b'\0' + row.tobytes() for row in a)              # filter 0 before each row
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', *a.shape[::-1], 8, 0, 0, 0, 0))
+    header = struct.pack('>IIBBBBB', *a.shape[::-1], 8, 0, 0, 0, 0)  # width, height, 8-bit gray
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
                      + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
 
 def test_png_folders_npy_and_pt_read_alike(tmp_path):
@@ -300,7 +315,7 @@ def test_png_folders_npy_and_pt_read_alike(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match='empty: a folder without .png images'):
         fid.load_images(tmp_path / 'empty')
-    with pytest.raises(ValueError, match=r'x.txt: expected a .npy or .pt file, or a folder of PNG images'):
+    with pytest.raises(ValueError, match='x.txt: expected a .npy or .pt file, or a folder of PNG'):
         fid.load_images(tmp_path / 'x.txt')
 
 # -----------------------------------------------------------------------------
@@ -318,8 +333,8 @@ def setup(tmp_path, monkeypatch, mnist_data):
     return tmp_path, model, small
 
 def run(tmp_path, *args):
-    fid.main([*map(str, args), '--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
-              '--device', 'cpu'])
+    fid.main([*map(str, args), '--checkpoint', str(tmp_path / 'c.pt'),
+              '--out-dir', str(tmp_path / 'out'), '--device', 'cpu'])
 
 def test_the_report_card(setup, capsys):
     tmp_path, model, (x_train, _, x_val, _) = setup
@@ -330,12 +345,14 @@ def test_the_report_card(setup, capsys):
     f_train, p_train = embed(model, x_train[:, None])
     r = metrics(f, probs, real_side(f_train, p_train.argmax(1), seed=3), seed=3)
     assert f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians' in out
-    assert f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over 100 subsets of 200' in out
+    assert f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over 100 subsets of 200' \
+        in out
     for key in ('precision', 'recall', 'density', 'coverage'):
         assert f'  {key:18s}{r[key]:10.3f}   ' in out
     assert f'  digits present    {r["digits_present"]:7d}/10' in out
-    assert (f'yardstick: classifier {classifier_id(model)} | features post (128) | N 200 vs 600 '
-            f'(KID subsets of 200; precision/recall 200 vs 600, k = 3; density/coverage k = 5)') in out
+    assert (f'yardstick: classifier {classifier_id(model)} | features post ({f.shape[1]}) | '
+            f'N 200 vs 600 (KID subsets of 200; precision/recall 200 vs 600, k = 3; '
+            f'density/coverage k = 5)') in out
     assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
     with np.load(tmp_path / 's' / 'gen.npz') as z:
         np.testing.assert_array_equal(z['mu'], r['mu'])
@@ -349,12 +366,13 @@ def test_score_equals_the_command_and_sees_copies(setup, monkeypatch, capsys):
     printed = {}
     monkeypatch.setattr(fid, 'print_report', lambda r, name: printed.update(r))
     run(tmp_path, tmp_path / 'gen.npy', '--features', 'pre')
-    r = fid.score(x, checkpoint=tmp_path / 'c.pt', features='pre', out_dir=tmp_path / 'out', device='cpu')
-    for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies', 'classifier_score',
-                'digit_kl', 'classifier', 'features', 'n'):
+    r = fid.score(x, checkpoint=tmp_path / 'c.pt', features='pre', out_dir=tmp_path / 'out',
+                  device='cpu')
+    for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies',
+                'classifier_score', 'digit_kl', 'classifier', 'features', 'n'):
         assert r[key] == printed[key], key
     assert r['features'] == 'pre' and r['copies'] == 1.0
-    assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # each found its original
+    assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # its original
     f_pre = embed(model, torch.from_numpy(x)[:, None], after_relu=False)[0]
     f_train = embed(model, x_train[:, None], after_relu=False)[0]
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_pre), *mean_cov(f_train)))
@@ -385,7 +403,8 @@ def test_the_table_of_known_failures(setup, capsys, monkeypatch):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
     assert rows[0].startswith('| compared (post features) | N | FID | final part |')
     cells = {row.split(' | ')[0][2:]: row.split(' | ') for row in rows[1:]}
-    assert cells['validation set vs train'][1:4] == ['300', cells['validation set vs train'][2], '0.30']
+    n, _, final = cells['validation set vs train'][1:4]
+    assert (n, final) == ('300', '0.30')
     assert cells['validation digits 0-4 only'][1] == str((setup[2][3] < 5).sum().item())
     assert cells['training digits, copied'][-4] == '100.0%'            # copies sees the copier
 
@@ -407,12 +426,13 @@ def test_bad_input_is_one_line_from_the_command(tmp_path):
                         str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out')],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr == (
-        f'error: {tmp_path / "gen.npy"}: float images must lie in [0, 1], found values from -1 to 1: '
-        f'they look like [-1, 1], map them with (x + 1) / 2\n')
+        f'error: {tmp_path / "gen.npy"}: float images must lie in [0, 1], found values from -1 '
+        f'to 1: they look like [-1, 1], map them with (x + 1) / 2\n')
 
 def test_save_stats_is_never_the_input(capsys):
     for argv in (['gen.npy', '--save-stats', 'gen.npy'], ['--save-stats', 'gen.npz']):
         with pytest.raises(SystemExit) as e:
             fid.main(argv)
         assert e.value.code == 2
-        assert 'error: --save-stats needs images, and a file name ending in .npz' in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert 'error: --save-stats needs images, and a file name ending in .npz' in err

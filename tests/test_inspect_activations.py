@@ -43,14 +43,16 @@ def test_skew_kurtosis_closed_form_and_samples():
     skew, kurt = skew_kurtosis(np.array([[0.0], [0], [0], [4]], dtype=np.float32))
     assert skew[0] == pytest.approx(6 / 3 ** 1.5) and kurt[0] == pytest.approx(-2 / 3)
     rng = np.random.default_rng(0)
-    skew, kurt = skew_kurtosis(np.stack([rng.standard_normal(100_000), rng.exponential(size=100_000)], 1))
+    f = np.stack([rng.standard_normal(100_000), rng.exponential(size=100_000)], 1)
+    skew, kurt = skew_kurtosis(f)
     assert skew == pytest.approx([0, 2], abs=0.05) and kurt == pytest.approx([0, 6], abs=0.3)
 
 def test_normality_summary_counts():
     rng = np.random.default_rng(0)
-    f = np.stack([rng.standard_normal(20_000), rng.standard_normal(20_000), rng.exponential(size=20_000),
-                  np.ones(20_000)], 1)
-    assert normality_summary(f).endswith(' | 2/3 features within +-0.5 on both | 1 constant features left out')
+    f = np.stack([rng.standard_normal(20_000), rng.standard_normal(20_000),
+                  rng.exponential(size=20_000), np.ones(20_000)], 1)
+    assert normality_summary(f).endswith(
+        ' | 2/3 features within +-0.5 on both | 1 constant features left out')
 
 def test_confusion_matrix_and_top_confusions_against_direct_counts():
     g = torch.Generator().manual_seed(0)
@@ -59,19 +61,22 @@ def test_confusion_matrix_and_top_confusions_against_direct_counts():
     assert all(C[t, p] == ((y == t) & (pred == p)).sum() for t in range(10) for p in range(10))
     C = torch.zeros(10, 10, dtype=torch.long)
     C[5, 3], C[7, 2], C[4, 9], C[1, 1], C[0, 6] = 9, 8, 8, 99, 1
-    assert top_confusions(C) == [(5, 3, 9), (4, 9, 8), (7, 2, 8)]   # off the diagonal; ties by (true, pred)
+    # off the diagonal, ties in the order (true, predicted)
+    assert top_confusions(C) == [(5, 3, 9), (4, 9, 8), (7, 2, 8)]
     assert top_confusions(C, n=10)[-1] == (0, 6, 1) and len(top_confusions(C, n=10)) == 4
 
 def test_plot_mistakes_draws_the_most_confident_first(tmp_path, monkeypatch):
     drawn = {}
-    monkeypatch.setattr(inspect_activations, 'plot_tiles',
-                        lambda tiles, path, title, labels: drawn.update(tiles=tiles, title=title, labels=labels))
+    monkeypatch.setattr(inspect_activations, 'plot_tiles', lambda tiles, path, title, labels:
+                        drawn.update(tiles=tiles, title=title, labels=labels))
     x = torch.arange(6.0)[:, None, None, None].expand(6, 1, 32, 32) / 10   # image i holds i / 10
     y, pred = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 7, 2, 8, 9, 5])
     confidence = torch.tensor([0.9, 0.6, 0.8, 0.95, 0.7, 0.5])
-    assert inspect_activations.plot_mistakes(x, y, pred, confidence, tmp_path / 'm.png', n=2, per_row=4) == 2
-    assert drawn['labels'] == [['3->8 0.95', '4->9 0.70']] and drawn['tiles'].shape == (1, 4, 28, 28)
-    assert drawn['tiles'][0, 0, 0, 0] == pytest.approx(0.3) and np.isnan(drawn['tiles'][0, 2:]).all()
+    shown = inspect_activations.plot_mistakes(x, y, pred, confidence, tmp_path / 'm.png', n=2,
+                                              per_row=4)
+    assert shown == 2 and drawn['labels'] == [['3->8 0.95', '4->9 0.70']]
+    assert drawn['tiles'].shape == (1, 4, 28, 28) and np.isnan(drawn['tiles'][0, 2:]).all()
+    assert drawn['tiles'][0, 0, 0, 0] == pytest.approx(0.3)           # image 3, the surest
     assert 'the 2 most confident of 3 mistakes' in drawn['title']
 
 # -----------------------------------------------------------------------------
@@ -87,8 +92,8 @@ def small_test_set(monkeypatch, mnist_data):
     return asked, mnist_data[2][:300, None], mnist_data[3][:300]
 
 def run(tmp_path, *args):
-    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--out-dir', str(tmp_path / 'out'),
-                              '--device', 'cpu', *map(str, args)])
+    inspect_activations.main(['--checkpoint', str(tmp_path / 'c.pt'), '--device', 'cpu',
+                              '--out-dir', str(tmp_path / 'out'), *map(str, args)])
 
 @pytest.mark.parametrize('name', ['model.py', 'extra conv'])
 def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, name):
@@ -96,7 +101,8 @@ def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, na
     torch.manual_seed(0)
     model = (model_py.Classifier() if name == 'model.py' else use_network(monkeypatch, name)).eval()
     # the edited network's checkpoint as Ctrl-C leaves it: its last epoch not validated
-    val_acc, loaded = (0.98765, '(epoch 7, val acc 98.77%)') if name == 'model.py' else (None, '(epoch 7)')
+    val_acc, loaded = ((0.98765, '(epoch 7, val acc 98.77%)') if name == 'model.py'
+                       else (None, '(epoch 7)'))
     save_model(tmp_path / 'c.pt', model, epoch=7, val_acc=val_acc)
     run(tmp_path, '--mistakes', 7, '--dead-threshold', 0.2, '--data-dir', 'elsewhere')
     out = capsys.readouterr().out
@@ -117,5 +123,6 @@ def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, na
            f'{100 * (pred[y == 0] == 0).double().mean():.1f}% | 1 ' in out
     assert f'{(pred != y).sum()} mistakes; the most frequent: {t} -> {p}: {c}' in out
     assert 'the 7 most confident mistakes' in out
+    levels = [f'activations_level{k}.png' for k in range(len(maps))]
     assert sorted(f.name for f in (tmp_path / 'out').iterdir()) == sorted(
-        [*(f'activations_level{k}.png' for k in range(len(maps))), 'feature_histograms.png', 'mistakes.png'])
+        [*levels, 'feature_histograms.png', 'mistakes.png'])

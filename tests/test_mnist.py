@@ -27,8 +27,9 @@ TYPE_CODES = {'u1': 0x08, 'i1': 0x09, 'i2': 0x0B, 'i4': 0x0C, 'f4': 0x0D, 'f8': 
 
 def idx_bytes(x):
     """The IDX encoding of array x: zero, zero, type code, ndim, big-endian sizes, data."""
-    header = bytes([0, 0, TYPE_CODES[x.dtype.str[1:]], x.ndim]) + struct.pack(f'>{x.ndim}I', *x.shape)
-    return header + x.astype(x.dtype.newbyteorder('>')).tobytes()
+    header = bytes([0, 0, TYPE_CODES[x.dtype.str[1:]], x.ndim])
+    sizes = struct.pack(f'>{x.ndim}I', *x.shape)
+    return header + sizes + x.astype(x.dtype.newbyteorder('>')).tobytes()
 
 @pytest.mark.parametrize('dtype', ['u1', 'i1', '<i2', '<i4', '<f4', '<f8'])
 def test_round_trip_every_type(dtype):
@@ -103,13 +104,16 @@ def test_a_huge_declared_shape_allocates_nothing():
 def fake_mnist(folder, monkeypatch, n_train=6, n_val=4, gz=True):
     """Four small MNIST-shaped IDX files in folder, made mnist.py's expected content."""
     rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), np.arange(n_train, dtype=np.uint8) % 10,
-              rng.integers(0, 256, (n_val, 28, 28), dtype=np.uint8), np.arange(n_val, dtype=np.uint8)[::-1] % 10]
+    arrays = [rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+              np.arange(n_train, dtype=np.uint8) % 10,
+              rng.integers(0, 256, (n_val, 28, 28), dtype=np.uint8),
+              np.arange(n_val, dtype=np.uint8)[::-1] % 10]
     sha = {}
     Path(folder).mkdir(parents=True, exist_ok=True)
     for name, x in zip(mnist.SHA256, arrays):
         raw = idx_bytes(x)
-        (Path(folder) / (f'{name}.gz' if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+        path = Path(folder) / (f'{name}.gz' if gz else name)
+        path.write_bytes(gzip.compress(raw) if gz else raw)
         sha[name] = hashlib.sha256(raw).hexdigest()
     monkeypatch.setattr(mnist, 'SHA256', sha)
     return arrays
@@ -152,13 +156,15 @@ def test_missing_files_are_downloaded_and_checked(tmp_path, monkeypatch, server)
     fake_mnist(served / 'good', monkeypatch)                       # the right checksums
     (served / 'broken').mkdir()
     (served / 'broken' / 'train-images-idx3-ubyte.gz').write_bytes(b'not gzip')
-    monkeypatch.setattr(mnist, 'MIRRORS', [url + 'missing/', url + 'broken/', url + 'other/', url + 'good/'])
+    mirrors = [url + m for m in ('missing/', 'broken/', 'other/', 'good/')]   # the last is right
+    monkeypatch.setattr(mnist, 'MIRRORS', mirrors)
     x_train, _, x_val, _ = load_mnist(tmp_path / 'data')
     assert torch.equal(x_train[:, 2:30, 2:30] * 255, torch.from_numpy(raw[0]).float())
     # each file now lies in data/, exactly as the good mirror served it, and nothing else
-    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == sorted(f'{n}.gz' for n in mnist.SHA256)
-    for name in mnist.SHA256:
-        assert (tmp_path / 'data' / f'{name}.gz').read_bytes() == (served / 'good' / f'{name}.gz').read_bytes()
+    names = sorted(f'{n}.gz' for n in mnist.SHA256)
+    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == names
+    for name in names:
+        assert (tmp_path / 'data' / name).read_bytes() == (served / 'good' / name).read_bytes()
 
 def test_no_files_and_no_mirror_says_where_to_put_them(tmp_path, monkeypatch, server):
     url, served = server
@@ -183,15 +189,17 @@ def test_real_mnist_as_the_blog_uses_it(mnist_data):
         border = torch.ones(32, 32, dtype=torch.bool)
         border[2:30, 2:30] = False
         assert (x[:, border] == 0).all()              # the 2-pixel padding
-    assert torch.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
+                                                5851, 5949]
     assert torch.bincount(y_val).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 def test_real_pixels_are_the_files_bytes(mnist_data):
     root = Path(__file__).resolve().parent.parent / 'data'
     raw = gzip.decompress((root / 't10k-images-idx3-ubyte.gz').read_bytes())
-    pixels = np.frombuffer(raw, np.uint8, offset=16).reshape(10000, 28, 28)   # after a 16-byte header
+    pixels = np.frombuffer(raw, np.uint8, offset=16).reshape(10000, 28, 28)   # after 16 bytes
     assert torch.equal(mnist_data[2][:, 2:30, 2:30] * 255, torch.from_numpy(pixels.copy()).float())
-    labels = np.frombuffer(gzip.decompress((root / 't10k-labels-idx1-ubyte.gz').read_bytes()), np.uint8, offset=8)
+    raw = gzip.decompress((root / 't10k-labels-idx1-ubyte.gz').read_bytes())
+    labels = np.frombuffer(raw, np.uint8, offset=8)
     assert mnist_data[3].tolist() == labels.tolist()
 
 # -----------------------------------------------------------------------------
@@ -199,12 +207,13 @@ def test_real_pixels_are_the_files_bytes(mnist_data):
 
 def test_plot_samples_draws_random_digits_of_each_row(tmp_path, monkeypatch):
     y = torch.arange(300) % 10
-    x = (torch.arange(300).float() / 300)[:, None, None].expand(300, 32, 32)   # image i holds i / 300
+    x = (torch.arange(300).float() / 300)[:, None, None].expand(300, 32, 32)   # image i: i / 300
     figures = []
     monkeypatch.setattr(mnist, 'save_figure', lambda fig, path: figures.append(fig))
     for seed in (0, 0, 1):
         mnist.plot_samples(x, y, tmp_path / 'x.png', per_digit=3, seed=seed)
-    shown = [[round(float(ax.images[0].get_array()[0, 0]) * 300) for ax in fig.axes] for fig in figures]
+    shown = [[round(float(ax.images[0].get_array()[0, 0]) * 300) for ax in fig.axes]
+             for fig in figures]
     for row in range(10):
         picks = shown[0][row * 3:(row + 1) * 3]
         assert [i % 10 for i in picks] == [row] * 3 and len(set(picks)) == 3   # three of that digit
@@ -214,7 +223,7 @@ def test_main_prints_the_splits_and_writes_the_figure(tmp_path, monkeypatch, cap
     fake_mnist(tmp_path / 'd', monkeypatch, n_train=30, n_val=20)
     mnist.main(['--data-dir', str(tmp_path / 'd'), '--out-dir', str(tmp_path / 'o'), '--seed', '3'])
     out = capsys.readouterr().out
-    assert 'train: x (30, 32, 32) torch.float32, y (30,) torch.int64 | images per digit [3, 3, 3' in out
+    assert 'train: x (30, 32, 32) torch.float32, y (30,) torch.int64 | images per digit [3' in out
     assert (tmp_path / 'o' / 'mnist_samples.png').read_bytes()[:4] == b'\x89PNG'
 
 def test_write_atomic_keeps_the_old_file_on_any_failure(tmp_path):
@@ -246,7 +255,7 @@ def test_run_script_turns_errors_into_one_line_and_an_exit_code(capsys):
             raise error
         return main
     for error, code in ((ValueError('bad.npy: no'), 'error: bad.npy: no'),
-                        (FileNotFoundError('x.pt: no such checkpoint'), 'error: x.pt: no such checkpoint'),
+                        (FileNotFoundError('x.pt: none'), 'error: x.pt: none'),
                         (FloatingPointError('nan'), 'error: nan'), (KeyboardInterrupt(), 130)):
         with pytest.raises(SystemExit) as e:
             run_script(fails(error))

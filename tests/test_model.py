@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import model as model_py
 from model import Classifier, classifier_id, get_device, load_classifier
 from networks import EDITS, blog, network, save_model, use_network, walk_features
 

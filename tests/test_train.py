@@ -172,7 +172,8 @@ def test_cli_flags_reach_the_run_and_its_checkpoint(tmp_path, fake_data, capsys)
     model, history, _ = fit(epochs=4, batch_size=40, lr=0.005, seed=7, log_every=3)
     loaded, ckpt = load_classifier(path)
     assert same_weights(ckpt['model'], model.state_dict())   # the run these flags ask for
-    assert ckpt['history'] == [{**h, 'seconds': c['seconds']} for h, c in zip(history, ckpt['history'])]
+    timed = [{**h, 'seconds': c['seconds']} for h, c in zip(history, ckpt['history'])]
+    assert ckpt['history'] == timed and len(timed) == 4
     assert ckpt['epoch'] == 4 and ckpt['val_acc'] == history[-1]['val_acc']
     assert ckpt['config'] == {'data_dir': 'somewhere', 'epochs': 4, 'batch_size': 40, 'lr': 0.005,
                               'seed': 7, 'device': 'cpu', 'log_every': 3, 'resume': False,
@@ -209,13 +210,15 @@ def test_ctrl_c_then_resume_equals_the_unbroken_run(tmp_path, fake_data, monkeyp
     assert err.rstrip().endswith(f'--out-dir {tmp_path / "out"} --epochs 5 --log-every 2 --resume')
     assert torch.load(path, weights_only=True)['epoch'] == 2
     torch.manual_seed(99)          # whatever the random state now: the checkpoint's goes on
-    resumed = torch.load(main(tmp_path, '--epochs', 5, '--log-every', 2, '--resume'), weights_only=True)
+    resumed = main(tmp_path, '--epochs', 5, '--log-every', 2, '--resume')
+    resumed = torch.load(resumed, weights_only=True)
     assert 'resuming' in capsys.readouterr().out
     assert same_weights(resumed['model'], unbroken['model'])
     strip = lambda history: [{k: v for k, v in h.items() if k != 'seconds'} for h in history]
     assert strip(resumed['history']) == strip(unbroken['history'])
     # and on: --epochs is the one setting that may change
-    longer = torch.load(main(tmp_path, '--epochs', 6, '--log-every', 2, '--resume'), weights_only=True)
+    longer = torch.load(main(tmp_path, '--epochs', 6, '--log-every', 2, '--resume'),
+                        weights_only=True)
     assert [h['epoch'] for h in longer['history']] == [1, 2, 3, 4, 5, 6]
 
 def test_ctrl_c_in_the_first_epoch_saves_nothing(tmp_path, fake_data, monkeypatch, capsys):
@@ -275,8 +278,9 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fake_data
         return loss * float('nan') if len(calls) == 3 else loss
     monkeypatch.setattr(train_py, 'train_epoch', diverges_at_epoch_3)
     path = tmp_path / 'out' / 'classifier.pt'
-    with pytest.raises(FloatingPointError, match=f'the train loss became nan at epoch 3: training '
-                                                 f'stopped, {path} holds epoch 2; try a smaller --lr'):
+    with pytest.raises(FloatingPointError, match=f'the train loss became nan at epoch 3: '
+                                                 f'training stopped, {path} holds epoch 2; try a '
+                                                 f'smaller --lr'):
         main(tmp_path, '--epochs', 5)
     assert torch.load(path, weights_only=True)['epoch'] == 2
 
@@ -306,7 +310,8 @@ def test_a_real_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and 'Traceback' not in err, err
     epoch = torch.load(tmp_path / 'classifier.pt', weights_only=True)['epoch']   # 1, or 2 if quick
-    assert f'{tmp_path / "classifier.pt"} holds epoch {epoch}, the last one completed. Resume with:\n' \
-           f'python train.py --epochs 500 --device cpu --out-dir {tmp_path} --resume\n' in err
+    assert (f'{tmp_path / "classifier.pt"} holds epoch {epoch}, the last one completed. Resume '
+            f'with:\npython train.py --epochs 500 --device cpu --out-dir {tmp_path} '
+            f'--resume\n') in err
     assert err.endswith('interrupted: nothing half-written was left behind\n')
     assert sorted(f.name for f in tmp_path.iterdir()) == ['classifier.pt']   # nothing half-written
