@@ -18,11 +18,13 @@ files are read from data/, downloaded there on first use, and checked by their S
 import argparse
 import gzip
 import hashlib
+import http.client
 import math
 import struct
 import sys
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +71,8 @@ def load_mnist(data_dir='data'):
     return x_train, y_train.long(), x_val, y_val.long()
 
 def plot_samples(x, y, path, per_digit=10, seed=0):
-    """The blog's first figure: a row of random images x (N, 32, 32) of each digit y (N,), drawn
-    without repeats (the blog's randint may repeat one)."""
+    """The blog's figure of sample digits: a row of random images x (N, 32, 32) of each digit
+    y (N,), drawn without repeats (the blog's randint may repeat one)."""
     from matplotlib.figure import Figure  # not pyplot: nothing opens a window
     g = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(per_digit / 2, 5))
@@ -156,7 +158,7 @@ def read_or_download(name, data_dir):
     raw = path.read_bytes()
     try:
         raw = gzip.decompress(raw) if path.suffix == '.gz' else raw
-    except (OSError, EOFError) as e:  # not gzip, cut short, a bad checksum
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, cut short, damaged inside
         raise ValueError(f'{path}: not a readable gzip file ({e}); delete or replace it') from None
     if hashlib.sha256(raw).hexdigest() != SHA256[name]:
         raise ValueError(f'{path}: damaged or not the MNIST file {name} (its SHA-256 differs); '
@@ -172,8 +174,8 @@ def download(name, data_dir):
             with urllib.request.urlopen(url, timeout=60) as r:
                 gz = r.read()
             raw = gzip.decompress(gz)
-        except (OSError, EOFError):  # no network, HTTP errors, timeouts, not gzip
-            continue
+        except (OSError, EOFError, zlib.error, http.client.HTTPException):
+            continue  # no network, HTTP errors, timeouts, a cut download, not gzip
         if hashlib.sha256(raw).hexdigest() == SHA256[name]:
             write_atomic(data_dir / f'{name}.gz', lambda tmp: tmp.write_bytes(gz))
             return raw

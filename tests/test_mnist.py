@@ -68,10 +68,18 @@ def test_a_malformed_idx_file_is_one_value_error_naming_it(case):
 
 NAME = 'train-images-idx3-ubyte'
 
-@pytest.mark.parametrize('raw', [GOOD, gzip.compress(GOOD)[:-9], b'\x1f\x8b' + b'\0' * 30])
+def damaged(gz):
+    """gz with bytes inside its compressed body inverted: zlib finds it, not gzip."""
+    gz = bytearray(gz)
+    gz[12:40] = bytes(b ^ 0xFF for b in gz[12:40])
+    return bytes(gz)
+
+@pytest.mark.parametrize('raw', [GOOD, gzip.compress(GOOD)[:-9], b'\x1f\x8b' + b'\0' * 30,
+                                 damaged(gzip.compress(GOOD * 50))],
+                         ids=['not gzip', 'cut short', 'bad header', 'damaged inside'])
 def test_a_gz_file_that_is_not_gzip_is_one_value_error_naming_it(tmp_path, monkeypatch, raw):
     monkeypatch.setattr(mnist, 'SHA256', {NAME: hashlib.sha256(GOOD).hexdigest()})
-    (tmp_path / f'{NAME}.gz').write_bytes(raw)         # not gzip, cut short, a bad header
+    (tmp_path / f'{NAME}.gz').write_bytes(raw)   # not gzip, cut short, bad header, damaged
     with pytest.raises(ValueError) as e:
         read_or_download(NAME, tmp_path)
     assert str(e.value).startswith(f'{tmp_path / NAME}.gz: not a readable gzip file (')
@@ -156,7 +164,10 @@ def test_missing_files_are_downloaded_and_checked(tmp_path, monkeypatch, server)
     fake_mnist(served / 'good', monkeypatch)                       # the right checksums
     (served / 'broken').mkdir()
     (served / 'broken' / 'train-images-idx3-ubyte.gz').write_bytes(b'not gzip')
-    mirrors = [url + m for m in ('missing/', 'broken/', 'other/', 'good/')]   # the last is right
+    (served / 'damaged').mkdir()
+    (served / 'damaged' / 'train-images-idx3-ubyte.gz').write_bytes(
+        damaged((served / 'good' / 'train-images-idx3-ubyte.gz').read_bytes()))
+    mirrors = [url + m for m in ('missing/', 'broken/', 'damaged/', 'other/', 'good/')]  # last: right
     monkeypatch.setattr(mnist, 'MIRRORS', mirrors)
     x_train, _, x_val, _ = load_mnist(tmp_path / 'data')
     assert torch.equal(x_train[:, 2:30, 2:30] * 255, torch.from_numpy(raw[0]).float())
