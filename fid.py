@@ -60,7 +60,7 @@ def embed(model, x, after_relu=True, batch_size=1000):
     model in eval mode (and on the CPU in channels-last memory, which is faster)."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
-    if device.type == 'cpu':  # the convolutions run twice as fast with a pixel's channels together
+    if device.type == 'cpu':  # convolutions run faster with a pixel's channels side by side
         model.to(memory_format=torch.channels_last)
     f, probs = [], []
     for xb in x.split(batch_size):
@@ -217,9 +217,9 @@ def recentre(x):
 def nearest_two(x, index, block=250, chunk=4096):
     """For images x (N, 1, 32, 32): the ratio d1 / d2 (N,) of the distances to the nearest and
     second-nearest re-centred training digit, d1 (N,), and the index j (N,) of the nearest.
-    A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (a
-    projection never lengthens a distance, so a copy's original is among them); the exact
-    distances on all pixels pick among those."""
+    A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (an
+    exact copy is at distance 0 there too, as a projection never lengthens a distance; a near
+    copy's original is almost always among them); the exact distances on all pixels pick."""
     z, zz = index['z'], (index['z'] ** 2).sum(1)                      # (M, D), (M,)
     K = min(COPY_CANDIDATES, len(z))
     ratio, d1 = torch.empty(len(x)), torch.empty(len(x))              # (N,) each
@@ -447,7 +447,7 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
     - noise: precision and density fall first; at sigma 0.5 the classifier sees one digit;
     - pure noise with the training pixels' mean and standard deviation (unclipped): FID,
       recall and coverage say it all; precision may not, as a few real digits far from the
-      rest have k-NN balls large enough to hold it (Kynkäänniemi et al. use larger k);
+      rest have k-NN balls large enough to hold it;
     - memorisers: training digits returned as they are, moved by one pixel, or half of them
       with half the test digits. They beat the test digits on FID, KID and precision;
       only copies sees them."""

@@ -25,7 +25,8 @@ from mnist import check_writable, load_mnist, plot_tiles, run_script, save_figur
 from model import POOLING, get_device, load_classifier
 
 # -----------------------------------------------------------------------------
-# the blog's path: the mean activation maps per digit, and the feature histograms
+# the blog's path: the mean activation maps per digit, the feature histograms, and the
+# command: steps 1 to 4 of the docstring (the helpers of steps 2 to 4 come after it)
 
 @torch.no_grad()
 def mean_activations(model, x, y, batch_size=1000):
@@ -44,8 +45,8 @@ def mean_activations(model, x, y, batch_size=1000):
     return {i: (s / counts.view(10, 1, 1, 1)).float() for i, s in sums.items()}
 
 def plot_maps(maps, path, title):
-    """maps (10, C, H, W) as one grid image: one row per digit, one column per channel, one
-    colour scale for all (from 0 to the largest value)."""
+    """maps (10, C, H, W) as one image (mnist.plot_tiles lays the small maps side by side): one
+    row per digit, one column per channel, one colour scale for all (from 0 to the largest)."""
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 
@@ -64,6 +65,59 @@ def plot_histograms(f, path, bins=100):
         ax.set_yticks([])                                             # densities: the shape counts
     fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
     save_figure(fig, path)
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Look inside the trained classifier.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
+    parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')
+    parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')
+    parser.add_argument('--out-dir', default='out', help='folder for the figures')
+    args = parser.parse_args(argv)
+    args.device = get_device(args.device)
+    print(vars(args))
+    t0, out = time.perf_counter(), Path(args.out_dir)
+    check_writable(out)
+    model, ckpt = load_classifier(args.checkpoint, args.device)
+    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: Ctrl-C
+    print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
+    _, _, x_val, y_val = load_mnist(args.data_dir)
+    x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)
+
+    # 1. and 2.: the mean maps per digit at each level, and the channels that never fire
+    maps = mean_activations(model, x_val, y_val.to(args.device))   # {index: (10, C, H, W)}
+    for level, (i, m) in enumerate(maps.items()):
+        path = out / f'activations_level{level}.png'
+        plot_maps(m, path, f'level {level}: layers[{i}], mean over the test images of each '
+                           f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
+        dead, limit = dead_channels(m, args.dead_threshold)
+        print(f'level {level} (layers[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
+              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
+              f'digit) | wrote {path}')
+
+    # 3.: the features before and after the last ReLU, over the test set: (10000, D) each
+    with torch.no_grad():
+        f_pre, f_post = [torch.cat([model.features(xb, after_relu)[0].cpu()
+                                    for xb in x_val.split(1000)]).numpy()
+                         for after_relu in (False, True)]
+    plot_histograms(f_pre, out / 'feature_histograms.png')
+    print(f'wrote {out / "feature_histograms.png"}')
+    print("before the ReLU (the blog's features): " + normality_summary(f_pre))
+    print('after the ReLU:                       ' + normality_summary(f_post))
+
+    # 4.: what the classifier gets wrong, and how sure it was
+    pred, confidence = predict(model, x_val)                           # (10000,) each
+    C = confusion_matrix(y_val, pred)                                  # (10, 10)
+    recall = (C.diag() / C.sum(1)).tolist()                            # the accuracy per digit
+    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
+          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(recall)))
+    print(f'{int(C.sum() - C.trace())} mistakes; the most frequent: '
+          + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
+    shown = plot_mistakes(x_val.cpu(), y_val, pred, confidence, out / 'mistakes.png', args.mistakes)
+    print(f'wrote {out / "mistakes.png"} (the {shown} most confident mistakes)')
+    print(f'done in {time.perf_counter() - t0:.1f} s')
 
 # -----------------------------------------------------------------------------
 # beyond the blog: dead channels, how normal the features are, and the mistakes
@@ -122,62 +176,6 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
                f'the {len(order)} most confident of {len(wrong)} mistakes (true->predicted, '
                f'probability)', labels=[labels[r * per_row:(r + 1) * per_row] for r in range(rows)])
     return len(order)
-
-# -----------------------------------------------------------------------------
-# the command: steps 1 to 4 of the docstring
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Look inside the trained classifier.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')
-    parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')
-    parser.add_argument('--out-dir', default='out', help='folder for the figures')
-    args = parser.parse_args(argv)
-    args.device = get_device(args.device)
-    print(vars(args))
-    t0, out = time.perf_counter(), Path(args.out_dir)
-    check_writable(out)
-    model, ckpt = load_classifier(args.checkpoint, args.device)
-    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: Ctrl-C
-    print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
-    _, _, x_val, y_val = load_mnist(args.data_dir)
-    x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)
-
-    # 1. and 2.: the mean maps per digit at each level, and the channels that never fire
-    maps = mean_activations(model, x_val, y_val.to(args.device))   # {index: (10, C, H, W)}
-    for level, (i, m) in enumerate(maps.items()):
-        path = out / f'activations_level{level}.png'
-        plot_maps(m, path, f'level {level}: layers[{i}], mean over the test images of each '
-                           f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
-        dead, limit = dead_channels(m, args.dead_threshold)
-        print(f'level {level} (layers[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
-              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
-              f'digit) | wrote {path}')
-
-    # 3.: the features before and after the last ReLU, over the test set: (10000, D) each
-    with torch.no_grad():
-        f_pre, f_post = [torch.cat([model.features(xb, after_relu)[0].cpu()
-                                    for xb in x_val.split(1000)]).numpy()
-                         for after_relu in (False, True)]
-    plot_histograms(f_pre, out / 'feature_histograms.png')
-    print(f'wrote {out / "feature_histograms.png"}')
-    print("before the ReLU (the blog's features): " + normality_summary(f_pre))
-    print('after the ReLU:                       ' + normality_summary(f_post))
-
-    # 4.: what the classifier gets wrong, and how sure it was
-    pred, confidence = predict(model, x_val)                           # (10000,) each
-    C = confusion_matrix(y_val, pred)                                  # (10, 10)
-    recall = (C.diag() / C.sum(1)).tolist()                            # the accuracy per digit
-    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
-          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(recall)))
-    print(f'{int(C.sum() - C.trace())} mistakes; the most frequent: '
-          + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
-    shown = plot_mistakes(x_val.cpu(), y_val, pred, confidence, out / 'mistakes.png', args.mistakes)
-    print(f'wrote {out / "mistakes.png"} (the {shown} most confident mistakes)')
-    print(f'done in {time.perf_counter() - t0:.1f} s')
 
 if __name__ == '__main__':
     run_script(main)

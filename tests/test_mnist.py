@@ -167,7 +167,8 @@ def test_missing_files_are_downloaded_and_checked(tmp_path, monkeypatch, server)
     (served / 'damaged').mkdir()
     (served / 'damaged' / 'train-images-idx3-ubyte.gz').write_bytes(
         damaged((served / 'good' / 'train-images-idx3-ubyte.gz').read_bytes()))
-    mirrors = [url + m for m in ('missing/', 'broken/', 'damaged/', 'other/', 'good/')]  # last: right
+    # the mirrors in order; only the last serves the right files
+    mirrors = [url + m for m in ('missing/', 'broken/', 'damaged/', 'other/', 'good/')]
     monkeypatch.setattr(mnist, 'MIRRORS', mirrors)
     x_train, _, x_val, _ = load_mnist(tmp_path / 'data')
     assert torch.equal(x_train[:, 2:30, 2:30] * 255, torch.from_numpy(raw[0]).float())
