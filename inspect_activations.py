@@ -108,15 +108,7 @@ def main(argv=None):
     print('after the ReLU:                       ' + normality_summary(f_post))
 
     # 4.: what the classifier gets wrong, and how sure it was
-    pred, confidence = predict(model, x_val)                           # (10000,) each
-    C = confusion_matrix(y_val, pred)                                  # (10, 10)
-    recall = (C.diag() / C.sum(1)).tolist()                            # the accuracy per digit
-    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
-          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(recall)))
-    print(f'{int(C.sum() - C.trace())} mistakes; the most frequent: '
-          + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
-    shown = plot_mistakes(x_val.cpu(), y_val, pred, confidence, out / 'mistakes.png', args.mistakes)
-    print(f'wrote {out / "mistakes.png"} (the {shown} most confident mistakes)')
+    print_mistakes(model, x_val, y_val, out / 'mistakes.png', args.mistakes)
     print(f'done in {time.perf_counter() - t0:.1f} s')
 
 # -----------------------------------------------------------------------------
@@ -147,6 +139,19 @@ def normality_summary(f, within=0.5):
     return (f'median |skew| {np.median(skew):.2f} | median |excess kurtosis| {np.median(kurt):.2f}'
             f' | {close}/{len(skew)} features within +-{within} on both'
             + (f' | {int((~ok).sum())} constant features left out' if not ok.all() else ''))
+
+def print_mistakes(model, x, y, path, n=100):
+    """Step 4 for images x (N, 1, 32, 32) with digits y (N,): print the accuracy per digit and the
+    most frequent confusions, and draw the n most confident mistakes into path."""
+    pred, confidence = predict(model, x)                              # (N,) each
+    C = confusion_matrix(y, pred)                                     # (10, 10)
+    recall = (C.diag() / C.sum(1)).tolist()                           # the accuracy per digit
+    print(f'accuracy {100 * C.trace() / C.sum():.2f}% | per digit: '
+          + ' | '.join(f'{d} {100 * a:.1f}%' for d, a in enumerate(recall)))
+    print(f'{int(C.sum() - C.trace())} mistakes; the most frequent: '
+          + ', '.join(f'{t} -> {p}: {c}' for t, p, c in top_confusions(C)))
+    shown = plot_mistakes(x.cpu(), y, pred, confidence, path, n)
+    print(f'wrote {path} (the {shown} most confident mistakes)')
 
 @torch.no_grad()
 def predict(model, x, batch_size=1000):

@@ -103,17 +103,15 @@ def plot_loss(history, path):
     save_figure(ax.figure, path)
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier.",
+    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier (the "
+                                     "defaults are the blog's settings).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # data
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    # optimisation (defaults from the blog)
     parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch')
     parser.add_argument('--batch-size', type=int, default=256, help='images per step')
     parser.add_argument('--lr', type=float, default=1e-3, help="the optimizer's learning rate")
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights, order, dropout')
     parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    # output
     parser.add_argument('--log-every', type=int, default=10, help="validate this often (i_log)")
     parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
     parser.add_argument('--resume', action='store_true', help="go on from --out-dir's checkpoint")
