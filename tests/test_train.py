@@ -243,11 +243,11 @@ def test_resume_refuses_what_would_change_the_run(tmp_path, fake_data, args, mes
 
 def test_resume_refuses_another_optimizer_or_no_checkpoint(tmp_path, fake_data, monkeypatch):
     path = main(tmp_path)
-    sgd = lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr)
-    monkeypatch.setattr(train_py, 'make_optimizer', sgd)
-    optimizer = type(make_optimizer(Classifier(), 0.1)).__name__
-    with pytest.raises(ValueError, match=f'{path} was trained with optimizer {optimizer} '
-                                         r'\(now SGD\)'):
+    trained = type(make_optimizer(Classifier(), 0.1))       # make_optimizer's, edited or not
+    other = torch.optim.Adam if trained is torch.optim.SGD else torch.optim.SGD
+    monkeypatch.setattr(train_py, 'make_optimizer', lambda model, lr: other(model.parameters(), lr))
+    with pytest.raises(ValueError, match=f'{path} was trained with optimizer {trained.__name__} '
+                                         fr'\(now {other.__name__}\)'):
         main(tmp_path, '--resume', '--epochs', 5)
     with pytest.raises(FileNotFoundError, match='no such checkpoint'):
         main(tmp_path, '--resume', out='none')
