@@ -118,6 +118,8 @@ def main(argv=None):
     parser.add_argument('--compare-blog-loop', type=int, default=0, metavar='ROUNDS',
                         help="time ROUNDS epochs of the blog's loop and of ours, then exit")
     args = parser.parse_args(argv)
+    if min(args.epochs, args.batch_size, args.log_every) < 1:
+        parser.error('--epochs, --batch-size and --log-every must be at least 1')
     args.device = get_device(args.device)
     print(vars(args))
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
@@ -227,8 +229,9 @@ def resume(path, model, optimizer, config):
     _, ckpt = load_classifier(path)  # none, or one of another network: one line
     # what changes what is learned must stay (the optimizer is make_optimizer's); --epochs
     # only says where to stop
-    diff = [f'{k} {ckpt["config"][k]} (now {config[k]})'
-            for k in ('batch_size', 'lr', 'seed', 'optimizer') if ckpt['config'][k] != config[k]]
+    old = ckpt['config']
+    diff = [f'{k} {old.get(k)} (now {config[k]})'
+            for k in ('batch_size', 'lr', 'seed', 'optimizer') if old.get(k) != config[k]]
     if diff:
         raise ValueError(f'--resume: {path} was trained with {", ".join(diff)}; only --epochs '
                          f'may change, or train anew in another --out-dir')

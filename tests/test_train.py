@@ -252,6 +252,23 @@ def test_resume_refuses_another_optimizer_or_no_checkpoint(tmp_path, fake_data, 
     with pytest.raises(FileNotFoundError, match='no such checkpoint'):
         main(tmp_path, '--resume', out='none')
 
+def test_resume_refuses_a_checkpoint_of_an_older_train_py_in_one_line(tmp_path, fake_data):
+    path = main(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt['config']['optimizer']                     # train.py did not record it at first
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r'was trained with optimizer None \(now '):
+        main(tmp_path, '--resume', '--epochs', 5)
+
+@pytest.mark.parametrize('flag', ['--epochs', '--batch-size', '--log-every'])
+def test_a_flag_below_one_is_refused_before_any_work(tmp_path, fake_data, capsys, flag):
+    before = main(tmp_path).read_bytes()
+    with pytest.raises(SystemExit):
+        main(tmp_path, flag, 0)
+    assert '--epochs, --batch-size and --log-every must be at least 1' in capsys.readouterr().err
+    assert (tmp_path / 'out' / 'classifier.pt').read_bytes() == before      # nothing moved
+    assert not (tmp_path / 'out' / 'classifier.prev.pt').exists()
+
 def test_a_new_run_keeps_the_checkpoint_that_was_there(tmp_path, fake_data, capsys):
     path, prev = tmp_path / 'out' / 'classifier.pt', tmp_path / 'out' / 'classifier.prev.pt'
     first = main(tmp_path, '--seed', 1).read_bytes()
