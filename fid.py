@@ -208,7 +208,8 @@ def recentre(x):
     mass = x.sum((1, 2)).clamp(min=1e-12)                             # (N,) 0 for a blank image
     cy, cx = (x.sum(2) * r).sum(1) / mass, (x.sum(1) * r).sum(1) / mass   # (N,) centres
     dy, dx = torch.floor(H / 2 - cy + 0.5).long(), torch.floor(W / 2 - cx + 0.5).long()
-    # row i of the result is row i - dy of the image (wrapping round: the margins are blank)
+    # row i of the result is row i - dy of the image (wrapping round, which for MNIST's blank
+    # margins moves nothing but background)
     rows = (torch.arange(H) - dy[:, None]) % H                        # (N, 32)
     cols = (torch.arange(W) - dx[:, None]) % W                        # (N, 32)
     x = x.gather(1, rows[:, :, None].expand(N, H, W))
@@ -448,9 +449,9 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
     - pure noise with the training pixels' mean and standard deviation (unclipped): FID,
       recall and coverage say it all; precision may not, as a few real digits far from the
       rest have k-NN balls large enough to hold it;
-    - memorisers: training digits returned as they are, moved by one pixel, or half of them
-      with half the test digits. They beat the test digits on FID, KID and precision;
-      only copies sees them."""
+    - memorisers: training digits returned as they are (they beat the test digits on FID, KID
+      and precision), moved by one pixel, or half of them with half the test digits: the
+      other metrics see a plausible generator; only copies sees what they are."""
     g = torch.Generator().manual_seed(seed)
     digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28)
     noise = digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g)

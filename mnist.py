@@ -102,7 +102,7 @@ def main(argv=None):
     print(f'wrote {path}')
 
 # -----------------------------------------------------------------------------
-# the figures of inspect_activations.py and fid.py: small images drawn as one grid
+# the figures: small images drawn as one grid (inspect_activations.py, fid.py), and saving
 
 def plot_tiles(tiles, path, title='', rows=(), cols=(), labels=(), cmap='gray', vmax=1.0):
     """Small images tiles (R, C, H, W) drawn as one grid image with 1-pixel gaps, and saved as
