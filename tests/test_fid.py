@@ -102,6 +102,7 @@ def test_kid_subsets_and_what_it_measures():
     kid = lambda seed: kernel_inception_distance(a, b, 5, 100, seed=seed)
     assert kid(1) == kid(1) and kid(1) != kid(2)
     assert kernel_inception_distance(a, b, 5, 1000)[2] == 200  # at most the smaller set
+    assert kernel_inception_distance(b, a, 5, 1000)[2] == 200  # whichever side it is
     assert abs(kernel_inception_distance(a, b, 20, 100)[0]) < 0.05             # one distribution
     assert kernel_inception_distance(a, b + 1, 20, 100)[0] > 0.5               # shifted
 
@@ -193,6 +194,32 @@ def test_precision_and_recall_use_a_seeded_random_subset_of_at_most_manifold_n(m
     r = metrics(f, torch.full((400, 10), 0.1), real_side(f_real, torch.arange(300) % 10))
     assert (r['pr_n'], r['pr_n_real']) == (100, 100) and 0.6 < r['precision'] < 0.9
 
+def test_every_random_subset_of_the_metrics_follows_the_seed(monkeypatch):
+    monkeypatch.setattr(fid, 'MANIFOLD_N', 100)      # fewer rows than the sets: subsets matter
+    g = torch.Generator().manual_seed(0)
+    pred_real, pred = torch.arange(300) % 10, torch.arange(400) % 10
+    f_real = torch.randn(300, 4, generator=g) + pred_real[:, None]
+    f = torch.randn(400, 4, generator=g) * 1.5 + pred[:, None]
+    probs = F.one_hot(pred, 10).float()
+    # the real side: the seed picks the subset, whose k-NN radii are those of brute force
+    reals = {s: fid.real_side(f_real, pred_real, seed=s) for s in (1, 2)}
+    assert torch.equal(reals[1]['idx'], fid.real_side(f_real, pred_real, seed=1)['idx'])
+    assert not torch.equal(reals[1]['idx'], reals[2]['idx'])
+    sub = f_real[reals[2]['idx']]
+    expected = torch.cdist(sub.double(), sub.double()).sort(1).values[:, 3] ** 2
+    torch.testing.assert_close(reals[2]['radii2'].double(), expected, rtol=1e-4, atol=1e-5)
+    # the generated side, with one real side: precision & co. and each digit's KID
+    real = reals[1]
+    r = {s: fid.metrics(f, probs, real, seed=s) for s in (1, 2)}
+    four = lambda r: (r['precision'], r['recall'], r['density'], r['coverage'])
+    assert four(r[1]) == four(fid.metrics(f, probs, real, seed=1))
+    assert four(r[1]) != four(r[2])
+    for s in (1, 2):
+        for d in (0, 7):
+            expected = fid.kernel_inception_distance(f[pred == d], f_real[pred_real == d],
+                                                     fid.KID_DIGIT_SUBSETS, seed=s)[0]
+            assert r[s]['digits'][d]['kid'] == pytest.approx(expected, rel=1e-12)
+
 # -----------------------------------------------------------------------------
 # copies of the training set, on real digits
 
@@ -253,6 +280,44 @@ def test_copies_of_every_kind_are_found_and_new_digits_are_not(memorisers):
     assert rate(F.avg_pool2d(new, 3, stride=1, padding=1)) <= 0.005   # blurred new digits
     assert rate(torch.rand(300, 1, 32, 32, generator=g)) == 0
     assert rate(torch.zeros(10, 1, 32, 32)) == 0                      # blank images
+
+
+def sparse_digits(n, g):
+    """n (n, 1, 32, 32) images of sparse strokes in the central 20x20 (blank margins, as MNIST's
+    padded digits), pixels multiples of 1/255."""
+    x = torch.zeros(n, 1, 32, 32)
+    strokes = torch.randint(0, 256, (n, 1, 20, 20), generator=g) / 255
+    x[..., 6:26, 6:26] = strokes * (torch.rand(n, 1, 20, 20, generator=g) > 0.8)
+    return x
+
+@pytest.fixture(scope='module')
+def small_index():
+    g = torch.Generator().manual_seed(0)
+    train, calibration = sparse_digits(300, g), sparse_digits(200, g)
+    return fid.copy_index(train, calibration), train, calibration
+
+def test_the_calibration_digits_score_exactly_the_copy_rate(small_index):
+    index, _, calibration = small_index
+    rate = fid.copies(calibration, index)[0]
+    assert rate == math.ceil(fid.COPY_RATE * 200) / 200           # 2 of 200, by construction
+
+
+def test_plot_copies_draws_each_sample_beside_its_training_digit(small_index, monkeypatch,
+                                                                  tmp_path):
+    index, train, calibration = small_index
+    x = torch.cat([train[[5, 9]].roll(1, dims=3), calibration[:6]])   # 2 moved copies, 6 new
+    rate, per_sample = fid.copies(x, index)
+    r = {'per_sample': per_sample, 'copies': rate, 'copy_tau': index['tau'].item()}
+    drawn = {}
+    monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **k: drawn.update(t=tiles))
+    fid.plot_copies(x, r, index, tmp_path / 'c.png', n=4, per_row=2)
+    tiles = drawn['t']                                            # (2, 4, 32, 32): sample, train
+    assert tiles.shape == (2, 4, 32, 32) and np.nanmax(tiles) <= 1 and np.nanmin(tiles) >= 0
+    centred = fid.recentre(train[[5, 9], 0])                      # the copies first (ratio 0)
+    drawn_pairs = {tuple(np.round(tiles[0, c] * 255).astype(int).ravel()) for c in (0, 2)}
+    assert drawn_pairs == {tuple((c * 255).round().int().flatten().tolist()) for c in centred}
+    for c in (0, 2):                                              # the copy beside its original
+        np.testing.assert_allclose(tiles[0, c], tiles[0, c + 1], atol=1e-6)
 
 # -----------------------------------------------------------------------------
 # the readers of generated digits
@@ -436,3 +501,44 @@ def test_save_stats_is_never_the_input(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert 'error: --save-stats needs images, and a file name ending in .npz' in err
+
+def test_the_failure_table_rows_are_the_failures_they_name():
+    g = torch.Generator().manual_seed(0)
+    x_train, x_val = sparse_digits(60, g), sparse_digits(20, g)
+    y_val = torch.arange(20) % 10
+    seen = {}
+    def report(model, x, *args):
+        seen[len(seen)] = x
+        return dict(n=len(x), fid=0.0, kid=0.0, precision=0.0, recall=0.0, density=0.0,
+                    coverage=0.0, copies=0.0, classifier_score=0.0, digits_present=0,
+                    digit_kl=0.0)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fid, 'report', report)
+        fid.failure_table(None, None, x_train, x_val, y_val, True, 1000, 0)
+    (val, low, blurred, _, _, noise, copied, moved, half) = seen.values()
+    assert torch.equal(val, x_val) and torch.equal(low, x_val[y_val < 5])
+    box = F.conv2d(x_val, torch.full((1, 1, 3, 3), 1 / 9), padding=1)
+    torch.testing.assert_close(blurred, box)
+    flat = lambda a: a.flatten(1)
+    assert (flat(copied)[:, None] == flat(x_train)[None]).all(2).any(1).all()   # training digits
+    assert torch.equal(moved[..., 1:], copied[..., :-1])          # moved right by one pixel
+    assert not torch.equal(moved, copied)
+    assert torch.equal(half, torch.cat([copied[:10], x_val[10:]]))
+    assert (noise[..., :2, :] == 0).all() and noise[..., 2:30, 2:30].std() > 0.1   # padded noise
+
+def test_the_command_writes_its_caches_into_out_dir_only(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    small = (sparse_digits(200, g)[:, 0], torch.arange(200) % 10,
+             sparse_digits(100, g)[:, 0], torch.arange(100) % 10)
+    monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small)
+    monkeypatch.setattr(fid, 'KID_SUBSETS', 5)
+    torch.manual_seed(0)
+    save_model(tmp_path / 'c.pt', model_py.Classifier().eval())
+    np.save(tmp_path / 'gen.npy', small[2][:50].numpy())
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.chdir(tmp_path / 'cwd')                 # where a stray relative write would land
+    fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'),
+              '--out-dir', str(tmp_path / 'o'), '--device', 'cpu'])
+    assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == [
+        'gen_copies.png', 'train_copies.npz', 'train_features_post.npz']
+    assert list((tmp_path / 'cwd').iterdir()) == []

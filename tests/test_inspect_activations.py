@@ -126,3 +126,13 @@ def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, na
     levels = [f'activations_level{k}.png' for k in range(len(maps))]
     assert sorted(f.name for f in (tmp_path / 'out').iterdir()) == sorted(
         [*levels, 'feature_histograms.png', 'mistakes.png'])
+
+def test_predict_is_the_argmax_and_its_softmax_probability():
+    model = network('blog').eval()
+    x = torch.rand(30, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    pred, confidence = inspect_activations.predict(model, x, batch_size=7)
+    with torch.no_grad():
+        logits = model(x)
+    p = logits.exp() / logits.exp().sum(1, keepdim=True)            # softmax written out
+    assert torch.equal(pred, logits.argmax(1))
+    torch.testing.assert_close(confidence, p.max(1).values)

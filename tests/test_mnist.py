@@ -275,3 +275,23 @@ def test_run_script_turns_errors_into_one_line_and_an_exit_code(capsys):
     assert 'interrupted' in capsys.readouterr().err
     with pytest.raises(RuntimeError):                 # a bug is not an input: its traceback stays
         run_script(fails(RuntimeError('shapes')))
+
+def test_the_sample_figure_shows_test_digits_chosen_by_the_seed(tmp_path, monkeypatch):
+    raw = fake_mnist(tmp_path / 'd', monkeypatch, n_train=100, n_val=200)
+    x_val = torch.nn.functional.pad(torch.from_numpy(raw[2]) / 255.0, (2, 2, 2, 2))  # (200, 32, 32)
+    y_val = torch.from_numpy(raw[3]).long()
+    figures = []
+    monkeypatch.setattr(mnist, 'save_figure', lambda fig, path: figures.append(fig))
+    for seed in (3, 3, 4):
+        mnist.main(['--data-dir', str(tmp_path / 'd'), '--out-dir', str(tmp_path / 'o'),
+                    '--seed', str(seed)])
+    shown = []
+    for fig in figures:
+        images = torch.stack([torch.as_tensor(np.asarray(ax.images[0].get_array()),
+                                              dtype=torch.float32)
+                              for ax in fig.axes])                  # (100, 32, 32), row by row
+        match = torch.cdist(images.flatten(1), x_val.flatten(1)).argmin(1)
+        assert torch.equal(images, x_val[match])                    # every one a test digit
+        assert torch.equal(y_val[match], torch.arange(100) // 10)   # of its row's digit
+        shown.append(match.tolist())
+    assert shown[0] == shown[1] and shown[0] != shown[2]            # the seed says which
