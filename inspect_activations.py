@@ -81,7 +81,7 @@ def main(argv=None):
     t0, out = time.perf_counter(), Path(args.out_dir)
     check_writable(out)
     model, ckpt = load_classifier(args.checkpoint, args.device)
-    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: Ctrl-C
+    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: stopped
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
     _, _, x_val, y_val = load_mnist(args.data_dir)
     x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)

@@ -74,7 +74,7 @@ def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, 
     """Train up to epoch `epochs`, going on after the epochs in history (a list of one dict per
     epoch, [] for a new run); one log line per epoch, validation every log_every epochs and at
     the last; save(history) writes the checkpoint at the end of every epoch (save_checkpoint,
-    which stops the run instead if the loss is NaN)."""
+    which stops the run instead if the loss is NaN or infinite)."""
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
