@@ -24,8 +24,9 @@ The metrics (each function's docstring has its formula):
 - the digits: which ones the classifier sees, how sure it is, and KID per digit, so a report
   says which digits are missing.
 
-Which features, and why. Every metric but copies works on the classifier's feature vector
-(model.py: 128 numbers for the blog's network). The blog histograms it before the last ReLU
+Which features, and why. FID, KID, precision, recall, density and coverage work on the
+classifier's feature vector (model.py: 128 numbers for the blog's network; the digits use its
+probabilities, copies the pixels). The blog histograms it before the last ReLU
 ("pre"), where it is closer to normal. fid.py scores after the ReLU ("post", the linear
 layer's input) by default, as the series' final part ("Latent Diffusion Model", with a
 classifier of this network) does: our numbers land on its scale (it reports 0.30 for the

@@ -60,7 +60,7 @@ class Classifier(nn.Module):
     def features(self, x, after_relu):
         """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass.
         The features come from the last convolution, as in the blog's "Evaluation":
-        - after_relu=False ("pre", the blog's histograms): its output before the ReLU, pooled
+        - after_relu=False ("pre", the blog's histograms): its own output (before the ReLU), pooled
           as the network pools it (the blog's 4x4 average) and flattened: (B, 32 * 2 * 2);
         - after_relu=True ("post", fid.py's yardstick): the linear layer's input, so after
           the ReLU, the pooling, the flatten and the dropout (off in eval mode)."""

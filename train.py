@@ -233,8 +233,8 @@ def resume(path, model, optimizer, config):
     diff = [f'{k} {old.get(k)} (now {config[k]})'
             for k in ('batch_size', 'lr', 'seed', 'optimizer') if old.get(k) != config[k]]
     if diff:
-        raise ValueError(f'--resume: {path} was trained with {", ".join(diff)}; only --epochs '
-                         f'may change, or train anew in another --out-dir')
+        raise ValueError(f'--resume: {path} was trained with {", ".join(diff)}; keep these '
+                         f'(--epochs may change), or train anew in another --out-dir')
     if ckpt['epoch'] >= config['epochs']:
         raise ValueError(f'--resume: {path} holds epoch {ckpt["epoch"]} already; ask for more, '
                          f'e.g. --epochs {ckpt["epoch"] + 50}')

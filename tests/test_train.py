@@ -229,7 +229,7 @@ def test_ctrl_c_in_the_first_epoch_saves_nothing(tmp_path, fake_data, monkeypatc
     assert not (tmp_path / 'out' / 'classifier.pt').exists()
 
 @pytest.mark.parametrize('args, message', [
-    (['--lr', 0.02], 'was trained with lr 0.01 (now 0.02); only --epochs may change'),
+    (['--lr', 0.02], 'was trained with lr 0.01 (now 0.02); keep these'),
     (['--batch-size', 16], 'was trained with batch_size 32 (now 16)'),
     (['--seed', 1, '--lr', 0.1], 'was trained with lr 0.01 (now 0.1), seed 0 (now 1)'),
     (['--epochs', 3], 'holds epoch 3 already; ask for more, e.g. --epochs 53'),
