@@ -145,13 +145,25 @@ def test_a_data_dir_that_is_a_file(tmp_path):
 # -----------------------------------------------------------------------------
 # downloads, from a local HTTP server
 
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files quietly; under /cut/ it promises 1,000 bytes and sends 2: a dropped download."""
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if not self.path.startswith('/cut/'):
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header('Content-Length', '1000')
+        self.end_headers()
+        self.wfile.write(b'\x1f\x8b')
+
 @pytest.fixture
 def server(tmp_path):
     """An HTTP server on 127.0.0.1 serving tmp_path/'served'; yields its base URL."""
     root = tmp_path / 'served'
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(Handler, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f'http://127.0.0.1:{httpd.server_address[1]}/', root
@@ -168,7 +180,7 @@ def test_missing_files_are_downloaded_and_checked(tmp_path, monkeypatch, server)
     (served / 'damaged' / 'train-images-idx3-ubyte.gz').write_bytes(
         damaged((served / 'good' / 'train-images-idx3-ubyte.gz').read_bytes()))
     # the mirrors in order; only the last serves the right files
-    mirrors = [url + m for m in ('missing/', 'broken/', 'damaged/', 'other/', 'good/')]
+    mirrors = [url + m for m in ('missing/', 'cut/', 'broken/', 'damaged/', 'other/', 'good/')]
     monkeypatch.setattr(mnist, 'MIRRORS', mirrors)
     x_train, _, x_val, _ = load_mnist(tmp_path / 'data')
     assert torch.equal(x_train[:, 2:30, 2:30] * 255, torch.from_numpy(raw[0]).float())
