@@ -173,7 +173,7 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
     """The n most confident mistakes, each labelled 'true->predicted probability'."""
     wrong = torch.nonzero(pred != y).flatten()                        # (M,)
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:n]
-    rows = max(1, -(-len(order) // per_row))                     # ceil(len(order) / per_row)
+    rows = max(1, -(-len(order) // per_row))                          # ceil(len(order) / per_row)
     tiles = np.full((rows * per_row, 28, 28), np.nan)                  # NaN tiles stay white
     tiles[:len(order)] = x[order, 0, 2:30, 2:30].numpy()               # without the padding
     labels = [f'{y[i]}->{pred[i]} {confidence[i]:.2f}' for i in order.tolist()]
