@@ -11,31 +11,19 @@ the metrics that say *what kind* of failure a set of samples has.
     from fid import score
     r = score(samples, checkpoint='out/classifier.pt')   # the numbers of the command's card
 
-The metrics (each function's docstring has its formula):
-- FID (Heusel et al. 2017): how far apart the features' Gaussians are. One number for every
-  failure; biased upwards for small sets, so quote it at N = 10,000, as the series does.
-- KID (Bińkowski et al. 2018): an unbiased kernel distance; about 0 for two sets of one
-  distribution at any N, so it also serves for a few hundred samples.
-- precision and recall (Kynkäänniemi et al. 2019): quality (samples that look real) and
-  variety (real digits that the samples reach), from k-nearest-neighbour balls.
-- density and coverage (Naeem et al. 2020): the same two, robust to outliers.
-- copies: samples that copy a training digit, shifted or not (on the pixels). The other
-  metrics reward copies: a copier beats real new digits on nearly every one of them.
-- the digits: which ones the classifier sees, how sure it is, and KID per digit, so a report
-  says which digits are missing.
+The post's path is the FID: embed (images -> features), mean_cov, frechet_distance. The
+card's other metrics come after it, each function's docstring with its paper and formula:
+KID, precision and recall, density and coverage, copies of the training set, and the digits.
 
-Which features, and why. FID, KID, precision, recall, density and coverage work on the
-classifier's feature vector (model.py: 128 numbers for the blog's network; the digits use its
-probabilities, copies the pixels). The blog histograms it before the last ReLU
-("pre"), where it is closer to normal. fid.py scores after the ReLU ("post", the linear
-layer's input) by default, as the series' final part ("Latent Diffusion Model", with a
-classifier of this network) does: our numbers land on its scale (it reports 0.30 for the
-test digits against the training digits, 48.43 for noise, 6.02 for its diffusion model), and
-they move less from one trained classifier to the next (pre features are ~10x larger, their
-FIDs 30-100x, and KID, whose cubic kernel grows with that scale, turns noisy). --features pre
-scores the blog's features. The same images score differently under another classifier, so
-every report names its yardstick: the classifier (model.classifier_id), the features and N;
-compare numbers only under one yardstick.
+Which features, and why. All but copies (pixels) and the digits (probabilities) compare the
+classifier's feature vectors (model.py: 128 numbers for the blog's network). The blog
+histograms them before the last ReLU ("pre"); fid.py scores after it ("post", the linear
+layer's input) by default, as the series' final part ("Latent Diffusion Model") does: our
+numbers land on its scale (0.30 for the test digits against the training digits, 48.43 for
+noise, 6.02 for its diffusion model) and move less from one trained classifier to the next
+(pre FIDs are 30-100x larger; KID turns noisy). --features pre scores the blog's features.
+Another classifier scores the same images differently, so every report names its yardstick:
+the classifier (model.classifier_id), the features and N. Compare only under one yardstick.
 """
 
 import argparse
@@ -114,8 +102,9 @@ def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSE
     """KID (Bińkowski et al. 2018, arXiv:1801.01401) of features f1 (N1, D) and f2 (N2, D):
     (mean, standard deviation, m) of mmd2_unbiased over `subsets` seeded random subsets of
     m = min(subset_size, N1, N2) rows a side. Unbiased: centred on 0 (so sometimes below it)
-    for one distribution at every N; only its spread grows as N shrinks. In float64: the pre
-    features' kernel values reach 1e10, too much for float32 sums."""
+    for one distribution at every N (only its spread grows as N shrinks), so it serves for a
+    few hundred samples too. In float64: the pre features' kernel values reach 1e10, too much
+    for float32 sums."""
     m = min(subset_size, len(f1), len(f2))
     g = torch.Generator().manual_seed(seed)
     values = np.array([mmd2_unbiased(f1[torch.randperm(len(f1), generator=g)[:m]].double(),
@@ -267,7 +256,8 @@ def copies(x, index):
     distances to the nearest and second-nearest is small: Lowe's ratio test (2004), close to
     the authenticity of Alaa et al. 2022 (arXiv:2102.08921). On re-centred pixels, not
     features: in features, a copy moved by one pixel is no nearer its original than a new
-    digit is. Calibrated so that the test digits, new digits, score COPY_RATE = 1%."""
+    digit is. Calibrated so that the test digits, new digits, score COPY_RATE = 1%. The
+    other metrics reward copies: a copier beats real new digits on nearly every one of them."""
     ratio, d1, j = nearest_two(x, index)
     per_sample = {'copy_ratio': ratio, 'copy_distance': d1, 'nearest_train': j}
     return (ratio <= index['tau']).double().mean().item(), per_sample

@@ -11,10 +11,9 @@ histograms before the ReLU and fid.py scores generated digits with after it.
     model, ckpt = load_classifier('out/classifier.pt')  # written by train.py; in eval mode
 
 A LeNet-like CNN: three 3x3 convolutions with a ReLU, each followed by a pooling layer that
-halves (max) or quarters (average) the resolution, then dropout and one linear layer.
-
-Parameter count: the blog's text says 16,554, but the code it prints, which we follow, has
-80 + 1,168 + 4,640 + 1,290 = 7,178 (no widths or kernel sizes that keep its shapes give 16,554).
+halves (max) or quarters (average) the resolution, then dropout and one linear layer. It has
+80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we follow (its
+text says 16,554, which no widths or kernel sizes that keep its shapes give).
 """
 
 import hashlib

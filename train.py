@@ -9,11 +9,10 @@ the validation set.
     python train.py --resume --epochs 150  # continue out/classifier.pt up to epoch 150
     python train.py --compare-blog-loop 3  # time the blog's loop against ours, then exit
 
-Writes out/classifier.pt at the end of every epoch (so Ctrl-C loses at most the epoch in
-progress) and out/loss.png. The blog's loop, made faster: the data goes to the device once,
-the loss is read back once per epoch, not every step (each read waits for the device), and
-the convolutions use channels-last memory (most of the gain on a CPU). On the CPU, a run
-stopped and resumed ends with the weights of an unbroken run.
+Writes out/classifier.pt after every epoch (Ctrl-C loses at most the epoch in progress; on
+the CPU, a resumed run ends with the weights of an unbroken one) and out/loss.png. The blog's
+loop, made faster: the data goes to the device once, the loss is read back once an epoch, and
+the convolutions use channels-last memory (--compare-blog-loop measures the gain).
 """
 
 import argparse
@@ -151,10 +150,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         explain_interrupt(ckpt_path, argv)  # which epoch is saved, and how to go on from it
         raise
-    median = statistics.median(h['seconds'] for h in history[start:])
+    median = statistics.median(h['seconds'] for h in history[start:])   # s per epoch
     print(f'trained {args.epochs - start} epochs in {time.perf_counter() - t0:.0f} s on '
-          f'{args.device} | median {median:.2f} s/epoch '
-          f'({len(x_train) / median / 1000:.1f}k img/s)')
+          f'{args.device} | median {median:.2f} s/epoch ({len(x_train) / median / 1e3:.1f}k img/s)')
     _, acc = evaluate(model, x_val, y_val)
     print(f'Model accuracy: {100 * acc:.2f}%')
     plot_loss(history, out / 'loss.png')
