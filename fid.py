@@ -1,7 +1,29 @@
 """
-A report card for generated digits, with our MNIST classifier in place of the Inception
-network: the Fréchet distance ("FID") that the later parts of the blog's series quote, and
-the metrics that say *what kind* of failure a set of samples has.
+The Fréchet distance ("FID") with which the later parts of the blog's series score generated
+digits, with our MNIST classifier in place of the Inception network; and a report card that
+says *what kind* of failure a set of samples has (missing digits, blur, noise, copies).
+
+The FID, which the post prepares, is three steps: the functions right below this docstring.
+
+    model, _ = load_classifier('out/classifier.pt')   # model.py's network, trained by train.py
+    f, _ = embed(model, x)                  # (N, 128) features of images x (N, 1, 32, 32)
+    f_train, _ = embed(model, x_train)      # (60000, 128) of the training digits
+    fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as every report card does
+
+Which features, and why. All but two metrics (copies: pixels; the digits: probabilities)
+compare the classifier's feature vectors (model.py: 128 numbers for the blog's network). The
+blog histograms them before the last ReLU ("pre"), where they are closer to normal
+(inspect_activations.py). fid.py scores after it ("post"-ReLU, the linear layer's input) by
+default, as the series' final part ("Latent Diffusion Model") does, so that its numbers and
+ours compare: it reports 0.30 for the test digits against the training digits (ours: 0.28),
+48.43 for its noise (ours, another noise: 103) and 6.02 for its diffusion model. Pre FIDs are
+30-200x larger (`python fid.py --features pre`) and move more from one trained classifier to
+the next. Another classifier scores the same images differently, so every report names its
+yardstick: the classifier (model.classifier_id), the features and N. Compare numbers only
+under one yardstick.
+
+The report card, after the FID (each metric's paper and formula are in its docstring): KID,
+precision and recall, density and coverage, copies of the training set, and the digits.
 
     python fid.py                       # the table of known failures: what each metric sees
     python fid.py samples.npy           # the report card of generated digits vs the training set
@@ -10,20 +32,6 @@ the metrics that say *what kind* of failure a set of samples has.
 
     from fid import score
     r = score(samples, checkpoint='out/classifier.pt')   # the numbers of the command's card
-
-The post's path is the FID: embed (images -> features), mean_cov, frechet_distance. The
-card's other metrics come after it, each function's docstring with its paper and formula:
-KID, precision and recall, density and coverage, copies of the training set, and the digits.
-
-Which features, and why. All but copies (pixels) and the digits (probabilities) compare the
-classifier's feature vectors (model.py: 128 numbers for the blog's network). The blog
-histograms them before the last ReLU ("pre"); fid.py scores after it ("post", the linear
-layer's input) by default, as the series' final part ("Latent Diffusion Model") does: our
-numbers land on its scale (0.30 for the test digits against the training digits, 48.43 for
-noise, 6.02 for its diffusion model) and move less from one trained classifier to the next
-(pre FIDs are 30-100x larger; KID turns noisy). --features pre scores the blog's features.
-Another classifier scores the same images differently, so every report names its yardstick:
-the classifier (model.classifier_id), the features and N. Compare only under one yardstick.
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """
 MNIST from the raw bytes, as the "MNIST Dataset" section of the blog post "Latent Diffusion
 Series: MNIST Classifier" (Nick Tasios) uses it, without torchvision; and the small helpers
-every script shares (figures, safe writes, errors), after a ruler.
+every script shares (figures, safe writes, errors), after a ruler (a "# ---" line).
 
     python mnist.py        # print the split sizes, write out/mnist_samples.png
 
@@ -10,9 +10,9 @@ every script shares (figures, safe writes, errors), after a ruler.
 
 An IDX file (http://yann.lecun.com/exdb/mnist/) is a small big-endian header and one flat
 array, usually gzipped. As in the blog, the 28x28 digits are scaled to [0, 1] (the post says
-[0, 1), but 255 / 255 = 1) and padded with 2 zero pixels on each side to 32x32, so that the
-network's two halvings and its final 4x4 average divide evenly (32 -> 16 -> 8 -> 2). The
-files are read from data/, downloaded there on first use, and checked by their SHA-256.
+[0, 1), but 255 / 255 = 1) and padded by 2 zero pixels a side to 32x32, so that the network's
+halvings and its 4x4 average divide evenly (32 -> 16 -> 8 -> 2). The files are read from
+data/, or downloaded there, and checked by their SHA-256.
 """
 
 import argparse

@@ -13,7 +13,7 @@ histograms before the ReLU and fid.py scores generated digits with after it.
 A LeNet-like CNN: three 3x3 convolutions with a ReLU, each followed by a pooling layer that
 halves (max) or quarters (average) the resolution, then dropout and one linear layer. It has
 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we follow (its
-text says 16,554, which no widths or kernel sizes that keep its shapes give).
+text says 16,554, which no widths or kernel sizes that keep its layers' output shapes give).
 """
 
 import hashlib
@@ -28,10 +28,10 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2
 # -----------------------------------------------------------------------------
 # the blog's network
 
-# Edit the network freely (the README's "Things to try"); the other scripts find their parts in it:
-# its pooling layers are the levels inspect_activations.py draws, and the features are read at
-# the last nn.Conv2d and at the first nn.Linear after it. The first nn.Linear's in_features
-# (128) must match what reaches it: channels x height x width.
+# Edit the network freely (the README's "Things to try"; only two tests pin the blog's, and say
+# so): the other scripts find their parts in it. Its pooling layers are the levels that
+# inspect_activations.py draws; the features are read at the last nn.Conv2d and at the first
+# nn.Linear after it, whose in_features (128) must match what reaches it: channels x H x W.
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
@@ -57,15 +57,13 @@ class Classifier(nn.Module):
         return self.layers(x)
 
     def features(self, x, after_relu):
-        """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass.
-        The features come from the last convolution, as in the blog's "Evaluation":
-        - after_relu=False ("pre", the blog's histograms): its own output (before the ReLU), pooled
-          as the network pools it (the blog's 4x4 average) and flattened: (B, 32 * 2 * 2);
-        - after_relu=True ("post", fid.py's yardstick): the linear layer's input, so after
-          the ReLU, the pooling, the flatten and the dropout (off in eval mode)."""
-        # the blog's own code for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
-        # parts are found in the network (in the blog's: layers[6], [8] and [11]), and a
-        # forward hook takes a layer's input or output as the network computes it
+        """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass:
+        the last convolution's output before its ReLU, pooled as the network pools it and
+        flattened ("pre", the blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear
+        layer's input ("post"-ReLU, fid.py's default; dropout is off in eval mode)."""
+        # the blog's own line for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
+        # layers are found in the network (the blog's layers[6], [8] and [11]), and a forward
+        # hook, a function PyTorch calls as the layer runs, takes the layer's output or input
         layers = list(self.modules())
         i = max(k for k, m in enumerate(layers) if isinstance(m, nn.Conv2d))   # the last conv
         j = next(k for k in range(i, len(layers)) if isinstance(layers[k], nn.Linear))
