@@ -7,10 +7,11 @@ The FID, which the post prepares, is three steps: the functions right below this
 
     model, _ = load_classifier('out/classifier.pt')   # model.py's network, trained by train.py
     f, _ = embed(model, x)                  # (N, 128) features of images x (N, 1, 32, 32)
-    f_train, _ = embed(model, x_train)      # (60000, 128) of the training digits
-    fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as every report card does
+    x_train = load_mnist()[0][:, None]      # (60000, 1, 32, 32) the training digits
+    f_train, _ = embed(model, x_train)      # (60000, 128)
+    fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as metrics() does for a card
 
-Which features, and why. All but two metrics (copies: pixels; the digits: probabilities)
+Which features, and why. All but copies (pixels) and the digit shares (probabilities)
 compare the classifier's feature vectors (model.py: 128 numbers for the blog's network). The
 blog histograms them before the last ReLU ("pre"), where they are closer to normal
 (inspect_activations.py). fid.py scores after it ("post"-ReLU, the linear layer's input) by
@@ -296,6 +297,7 @@ def metrics(f, probs, real, seed=0):
         r['warnings'].append(f'only {N} images, fewer than the {D} features: the covariance is '
                              f'rank-deficient and the FID biased upwards; quote FIDs at 10,000')
     r['mu'], r['sigma'] = mean_cov(f)                                 # (D,), (D, D)
+    # the FID; real['mu'] and real['sigma'] are mean_cov() of the training digits' features
     r['fid'] = frechet_distance(r['mu'], r['sigma'], real['mu'], real['sigma'])
     r['kid'], r['kid_std'], r['kid_subset'] = kernel_inception_distance(f, real['f'], seed=seed)
     if r['kid_subset'] < KID_SUBSET_SIZE:
@@ -479,26 +481,8 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
     return results
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('images', nargs='?', help='.npy, .pt or a PNG folder; none: the table')
-    parser.add_argument('--features', default='post', choices=['pre', 'post'],
-                        help="before the last ReLU (the blog's) or after it (the series')")
-    parser.add_argument('--save-stats', metavar='NPZ', help="also save the images' mu and sigma")
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--out-dir', default='out', help='folder for the caches and the figure')
-    parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the random subsets and noise')
-    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    args = parser.parse_args(argv)
-    if args.save_stats and (not args.images or not args.save_stats.endswith('.npz')):
-        parser.error('--save-stats needs images, and a file name ending in .npz')
-    args.device = get_device(args.device)
+    args = parse_args(argv)  # the flags, at the end of the file
     after_relu = args.features == 'post'
-    print(vars(args))
-    for folder in [args.out_dir] + ([Path(args.save_stats).parent] if args.save_stats else []):
-        check_writable(folder)                                        # before any work
     model, _ = load_classifier(args.checkpoint, args.device)
     print(f'classifier {classifier_id(model)} ({args.checkpoint}): {model.summary()}')
     x = load_images(args.images) if args.images else None             # (N, 1, 32, 32)
@@ -525,7 +509,31 @@ def main(argv=None):
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
-# Generated digits in the layouts and ranges generators write them, made the classifier's input
+# The command line: the flags, checked and printed; the device picked, the folders checked
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description='A report card for generated MNIST digits.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('images', nargs='?', help='.npy, .pt or a PNG folder; none: the table')
+    parser.add_argument('--features', default='post', choices=['pre', 'post'],
+                        help="before the last ReLU (the blog's) or after it (the series')")
+    parser.add_argument('--save-stats', metavar='NPZ', help="also save the images' mu and sigma")
+    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
+    parser.add_argument('--out-dir', default='out', help='folder for the caches and the figure')
+    parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random subsets and noise')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
+    args = parser.parse_args(argv)
+    if args.save_stats and (not args.images or not args.save_stats.endswith('.npz')):
+        parser.error('--save-stats needs images, and a file name ending in .npz')
+    args.device = get_device(args.device)
+    print(vars(args))
+    for folder in [args.out_dir] + ([Path(args.save_stats).parent] if args.save_stats else []):
+        check_writable(folder)                                        # before any work
+    return args
+
+# generated digits in the layouts and ranges generators write them, made the classifier's input
 
 def to_model_input(x, name='the generated digits'):
     """N >= 2 digits of 28x28 or 32x32 pixels, any layout, floats in [0, 1] (1e-6 outside is

@@ -67,19 +67,8 @@ def plot_histograms(f, path, bins=100):
     save_figure(fig, path)
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Look inside the trained classifier.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')
-    parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')
-    parser.add_argument('--out-dir', default='out', help='folder for the figures')
-    args = parser.parse_args(argv)
-    args.device = get_device(args.device)
-    print(vars(args))
+    args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    check_writable(out)
     model, ckpt = load_classifier(args.checkpoint, args.device)
     acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: stopped
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
@@ -181,6 +170,25 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
                f'the {len(order)} most confident of {len(wrong)} mistakes (true->predicted, '
                f'probability)', labels=[labels[r * per_row:(r + 1) * per_row] for r in range(rows)])
     return len(order)
+
+# -----------------------------------------------------------------------------
+# plumbing: a first reading can skip the rest of this file.
+# The command line: the flags, printed; the device picked, the output folder checked
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description='Look inside the trained classifier.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
+    parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')
+    parser.add_argument('--mistakes', type=int, default=100, help='how many mistakes to draw')
+    parser.add_argument('--out-dir', default='out', help='folder for the figures')
+    args = parser.parse_args(argv)
+    args.device = get_device(args.device)
+    print(vars(args))
+    check_writable(args.out_dir)
+    return args
 
 if __name__ == '__main__':
     run_script(main)

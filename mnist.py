@@ -1,7 +1,7 @@
 """
 MNIST from the raw bytes, as the "MNIST Dataset" section of the blog post "Latent Diffusion
 Series: MNIST Classifier" (Nick Tasios) uses it, without torchvision; and the small helpers
-every script shares (figures, safe writes, errors), after a ruler (a "# ---" line).
+every script shares (figures, safe writes, errors), after the post's code.
 
     python mnist.py        # print the split sizes, write out/mnist_samples.png
 
@@ -85,14 +85,7 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
     save_figure(fig, path)
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--out-dir', default='out', help='folder for the figure')
-    parser.add_argument('--seed', type=int, default=0, help='which random digits to plot')
-    args = parser.parse_args(argv)
-    print(vars(args))
-    check_writable(args.out_dir)
+    args = parse_args(argv)  # the flags, at the end of the file
     x_train, y_train, x_val, y_val = load_mnist(args.data_dir)
     for split, x, y in (('train', x_train, y_train), ('val', x_val, y_val)):
         print(f'{split:5s}: x {tuple(x.shape)} {x.dtype}, y {tuple(y.shape)} {y.dtype} | '
@@ -214,6 +207,19 @@ def run_script(main):
     except KeyboardInterrupt:
         print('\ninterrupted: nothing half-written was left behind', file=sys.stderr)
         sys.exit(130)
+
+# the command line: the flags, printed; the output folder checked before any work
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description='Load MNIST and plot random test digits.',
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
+    parser.add_argument('--out-dir', default='out', help='folder for the figure')
+    parser.add_argument('--seed', type=int, default=0, help='which random digits to plot')
+    args = parser.parse_args(argv)
+    print(vars(args))
+    check_writable(args.out_dir)
+    return args
 
 if __name__ == '__main__':
     run_script(main)

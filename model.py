@@ -28,10 +28,11 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2
 # -----------------------------------------------------------------------------
 # the blog's network
 
-# Edit the network freely (the README's "Things to try"; only two tests pin the blog's, and say
-# so): the other scripts find their parts in it. Its pooling layers are the levels that
-# inspect_activations.py draws; the features are read at the last nn.Conv2d and at the first
-# nn.Linear after it, whose in_features (128) must match what reaches it: channels x H x W.
+# Edit the network freely (the README's "Things to try"; only the tests that pin the blog's
+# network or pace fail, and say so): the other scripts find their parts in it. Its pooling
+# layers are the levels inspect_activations.py draws; the features are read at the last
+# nn.Conv2d and at the first nn.Linear after it, whose in_features (128) must match what
+# reaches it: channels x H x W.
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):

@@ -30,16 +30,34 @@ from mnist import check_writable, load_mnist, run_script, save_figure, write_ato
 from model import Classifier, classifier_id, get_device, load_classifier
 
 # -----------------------------------------------------------------------------
-# the blog's training: the optimizer, one epoch, the evaluation, the loop, the loss figure
+# the blog's training: the optimizer, its epoch and ours, the evaluation, the loop, the figure
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam. Training, --resume and --compare-blog-loop all make it here,
     so trying another is this one line: torch.optim.SGD(model.parameters(), lr, momentum=0.9)."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
+def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
+    """One epoch as the blog writes it, kept to compare (--compare-blog-loop times it): each
+    batch indexed on the host and copied to the device, the loss read back after every step."""
+    model.train()
+    num_batches = math.ceil(len(x_train) / batch_size)
+    train_ids = torch.randperm(len(x_train))
+    average_loss = 0.0
+    for bid in range(num_batches):
+        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
+        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
+        y = y_train[batch_ids].to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        average_loss += loss.item()                    # waits for the device every step
+    return average_loss / num_batches
+
 def train_epoch(model, optimizer, x, y, batch_size):
-    """One pass over x (N, 1, 32, 32), y (N,) in a new random order; the mean loss, as a 0-d
-    tensor on the device."""
+    """The same epoch, faster: one pass over x (N, 1, 32, 32), y (N,), already on the device,
+    in a new random order; the mean loss, as a 0-d tensor on the device."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -102,27 +120,8 @@ def plot_loss(history, path):
     save_figure(ax.figure, path)
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier (the "
-                                     "defaults are the blog's settings).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
-    parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch')
-    parser.add_argument('--batch-size', type=int, default=256, help='images per step')
-    parser.add_argument('--lr', type=float, default=1e-3, help="the optimizer's learning rate")
-    parser.add_argument('--seed', type=int, default=0, help='seed of the weights, order, dropout')
-    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
-    parser.add_argument('--log-every', type=int, default=10, help="validate this often (i_log)")
-    parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
-    parser.add_argument('--resume', action='store_true', help="go on from --out-dir's checkpoint")
-    parser.add_argument('--compare-blog-loop', type=int, default=0, metavar='ROUNDS',
-                        help="time ROUNDS epochs of the blog's loop and of ours, then exit")
-    args = parser.parse_args(argv)
-    if min(args.epochs, args.batch_size, args.log_every) < 1:
-        parser.error('--epochs, --batch-size and --log-every must be at least 1')
-    args.device = get_device(args.device)
-    print(vars(args))
+    args = parse_args(argv)  # the flags, at the end of the file: their defaults are the blog's
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
-    check_writable(out)                                 # before any work
 
     # the model; channels_last memory (NHWC) makes this narrow network faster on a CPU
     torch.manual_seed(args.seed)
@@ -160,25 +159,7 @@ def main(argv=None):
           f'numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
-# the blog's own loop, kept to measure what the changes above buy
-
-def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch as the blog's notebook runs it: each batch indexed on the host and copied to
-    the device, the loss read back after every step."""
-    model.train()
-    num_batches = math.ceil(len(x_train) / batch_size)
-    train_ids = torch.randperm(len(x_train))
-    average_loss = 0.0
-    for bid in range(num_batches):
-        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
-        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
-        y = y_train[batch_ids].to(device)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        average_loss += loss.item()                    # waits for the device every step
-    return average_loss / num_batches
+# beyond the blog: what our loop's changes buy, measured
 
 def compare_loops(x_train, y_train, args):
     """Alternate epochs of the blog's loop and ours, each on a fresh model; print the medians."""
@@ -203,7 +184,33 @@ def compare_loops(x_train, y_train, args):
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
-# The checkpoint: what it takes to evaluate the model, and to train on from it
+# The command line: the flags (the defaults are the blog's settings), checked and printed; the
+# device picked, the output folder checked before any work
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier (the "
+                                     "defaults are the blog's settings).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
+    parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch')
+    parser.add_argument('--batch-size', type=int, default=256, help='images per step')
+    parser.add_argument('--lr', type=float, default=1e-3, help="the optimizer's learning rate")
+    parser.add_argument('--seed', type=int, default=0, help='seed of the weights, order, dropout')
+    parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
+    parser.add_argument('--log-every', type=int, default=10, help="validate this often (i_log)")
+    parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
+    parser.add_argument('--resume', action='store_true', help="go on from --out-dir's checkpoint")
+    parser.add_argument('--compare-blog-loop', type=int, default=0, metavar='ROUNDS',
+                        help="time ROUNDS epochs of the blog's loop and of ours, then exit")
+    args = parser.parse_args(argv)
+    if min(args.epochs, args.batch_size, args.log_every) < 1:
+        parser.error('--epochs, --batch-size and --log-every must be at least 1')
+    args.device = get_device(args.device)
+    print(vars(args))
+    check_writable(args.out_dir)
+    return args
+
+# the checkpoint: what it takes to evaluate the model, and to train on from it
 
 def save_checkpoint(path, model, optimizer, history, config):
     """Write the training state after the last epoch of history to path (through write_atomic);
