@@ -11,20 +11,19 @@ The FID, which the post prepares, is three steps: the functions right below this
     f_train, _ = embed(model, x_train)      # (60000, 128)
     fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as metrics() does for a card
 
-Which features, and why. All but copies (pixels) and the digit shares (probabilities)
-compare the classifier's feature vectors (model.py: 128 numbers for the blog's network). The
-blog histograms them before the last ReLU ("pre"), where they are closer to normal
-(inspect_activations.py). fid.py scores after it ("post"-ReLU, the linear layer's input) by
-default, as the series' final part ("Latent Diffusion Model") does, so that its numbers and
-ours compare: it reports 0.30 for the test digits against the training digits (ours: 0.28),
-48.43 for its noise (ours, another noise: 103) and 6.02 for its diffusion model. Pre FIDs are
-30-200x larger (`python fid.py --features pre`) and move more from one trained classifier to
-the next. Another classifier scores the same images differently, so every report names its
-yardstick: the classifier (model.classifier_id), the features and N. Compare numbers only
-under one yardstick.
+Which features. The FID compares the classifier's feature vectors (model.py: 128 numbers for
+the blog's network). The blog histograms them before the last ReLU ("pre"), where they are
+closer to normal; fid.py scores after it ("post"-ReLU, the linear layer's input) by default,
+as the series' final part ("Latent Diffusion Model") does, so that its numbers and ours compare.
 
 The report card, after the FID (each metric's paper and formula are in its docstring): KID,
-precision and recall, density and coverage, copies of the training set, and the digits.
+precision and recall, density and coverage (these use the features too), copies of the
+training set (on the pixels), and the digits (on the probabilities). The final part reports an
+FID of 0.30 for the test digits against the training digits (ours: 0.28), 48.43 for its noise
+(ours, another noise: 103) and 6.02 for its diffusion model; pre FIDs are 30-200x larger
+(`python fid.py --features pre`) and move more from one trained classifier to the next.
+Another classifier scores the same images differently, so every report names its yardstick:
+the classifier (model.classifier_id), the features and N. Compare only under one yardstick.
 
     python fid.py                       # the table of known failures: what each metric sees
     python fid.py samples.npy           # the report card of generated digits vs the training set
