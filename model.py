@@ -13,7 +13,7 @@ histograms before the ReLU and fid.py scores generated digits with after it.
 A LeNet-like CNN: three 3x3 convolutions with a ReLU, each followed by a pooling layer that
 halves (max) or quarters (average) the resolution, then dropout and one linear layer. It has
 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we follow (its
-text says 16,554, which no widths or kernel sizes that keep its layers' output shapes give).
+text says 16,554, which no choice of kernel sizes gives with the layer shapes it prints).
 """
 
 import hashlib
@@ -41,7 +41,7 @@ class Classifier(nn.Module):
         self.layers = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
             nn.ReLU(),                              # 1
-            nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0 (stride = 2)
+            nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0 (halves H, W)
             nn.Conv2d(c1, c2, 3, padding='same'),   # 3: (B, 16, 16, 16)  8*16*9 + 16 = 1,168
             nn.ReLU(),                              # 4
             nn.MaxPool2d(2),                        # 5: (B, 16, 8, 8)    level 1

@@ -123,7 +123,7 @@ def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file: their defaults are the blog's
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
 
-    # the model; channels_last memory (NHWC) makes this narrow network faster on a CPU
+    # the model; channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
