@@ -4,7 +4,7 @@ digits, with our MNIST classifier in place of the Inception network (the ImageNe
 the original FID uses); and a report card that says *what kind* of failure a set of samples
 has (missing digits, blur, noise, copies).
 
-The FID, which the post prepares, is three steps: the functions right below this docstring.
+The FID, which the post prepares, takes the three functions right below this docstring:
 
     model, _ = load_classifier('out/classifier.pt')   # model.py's network, trained by train.py
     f, _ = embed(model, x)                  # (N, 128) features of images x (N, 1, 32, 32)
@@ -14,8 +14,9 @@ The FID, which the post prepares, is three steps: the functions right below this
 
 Which features. The FID compares the classifier's feature vectors (model.py: 128 numbers for
 the blog's network). The blog histograms them before the last ReLU ("pre"), where they are
-closer to normal; fid.py scores after it ("post"-ReLU, the linear layer's input) by default,
-as the series' final part ("Latent Diffusion Model") does, so that its numbers and ours compare.
+closer to normal, as the Fréchet distance assumes. fid.py scores after it ("post"-ReLU, the
+linear layer's input) by default, though these are further from normal: the series' final
+part ("Latent Diffusion Model") does, and so its numbers and ours compare.
 
 The report card, after the FID (each metric's paper and formula are in its docstring): KID,
 precision and recall, density and coverage (these use the features too), copies of the

@@ -70,7 +70,8 @@ def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
     model, ckpt = load_classifier(args.checkpoint, args.device)
-    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'  # None: stopped
+    acc = ckpt['val_acc']  # None when the run stopped before validating its last epoch
+    acc = '' if acc is None else f', val acc {acc:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
     _, _, x_val, y_val = load_mnist(args.data_dir)
     x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)

@@ -29,10 +29,10 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2
 # the blog's network
 
 # Edit the network freely (the README's "Things to try"; only the tests that pin the blog's
-# network or pace fail, and say so): the other scripts find their parts in it. Its pooling
-# layers are the levels inspect_activations.py draws; the features are read at the last
-# nn.Conv2d and at the first nn.Linear after it, whose in_features (128) must match what
-# reaches it: channels x H x W.
+# network or how fast it learns fail, and say so): the other scripts find their parts in it.
+# Its pooling layers are the levels inspect_activations.py draws; the features are read at
+# the last nn.Conv2d and at the first nn.Linear after it, whose in_features (128) must match
+# what reaches it: channels x H x W.
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
@@ -63,7 +63,7 @@ class Classifier(nn.Module):
         flattened ("pre", the blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear
         layer's input ("post"-ReLU, fid.py's default; dropout is off in eval mode)."""
         # the blog's own line for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
-        # layers are found in the network (the blog's layers[6], [8] and [11]), and a forward
+        # layers are found by type (in the blog's network: layers[6], [8] and [11]), and a forward
         # hook, a function PyTorch calls as the layer runs, takes the layer's output or input
         layers = list(self.modules())
         i = max(k for k, m in enumerate(layers) if isinstance(m, nn.Conv2d))   # the last conv

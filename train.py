@@ -1,8 +1,8 @@
 """
 Train the blog's MNIST classifier with a hand-written loop, as the "Training" section of the
-blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios) does: Adam, lr 1e-3,
-batches of 256, cross-entropy, 100 epochs, a new permutation every epoch, and the test set as
-the validation set.
+blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios) does: Adam, cross-entropy,
+a new permutation every epoch, the test set as the validation set, and the post's settings as
+the flags' defaults: --lr 1e-3, --batch-size 256, --epochs 100, --log-every 10 (its i_log).
 
     python train.py                        # 100 epochs, as in the blog (device: auto)
     python train.py --device cpu --epochs 10
@@ -38,8 +38,9 @@ def make_optimizer(model, lr):
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch as the blog writes it, kept to compare (--compare-blog-loop times it): each
-    batch indexed on the host and copied to the device, the loss read back after every step."""
+    """One epoch as the blog's inner loop writes it, kept to compare: --compare-blog-loop times
+    it (compare_loops, below). Each batch is indexed on the host and copied to the device, and
+    the loss is read back after every step."""
     model.train()
     num_batches = math.ceil(len(x_train) / batch_size)
     train_ids = torch.randperm(len(x_train))
@@ -120,7 +121,7 @@ def plot_loss(history, path):
     save_figure(ax.figure, path)
 
 def main(argv=None):
-    args = parse_args(argv)  # the flags, at the end of the file: their defaults are the blog's
+    args = parse_args(argv)  # the flags (at the end of the file); args.device: cuda, mps or cpu
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
 
     # the model; channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
