@@ -506,7 +506,7 @@ def main(argv=None):
         stats = dict(mu=r['mu'], sigma=r['sigma'], classifier=r['classifier'],
                      features=r['features'], n=r['n'])
         print(f'{"replaced" if Path(args.save_stats).exists() else "wrote"} {args.save_stats}')
-        save_npz(args.save_stats, stats)
+        write_atomic(args.save_stats, lambda tmp: np.savez(tmp, **stats))
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
@@ -585,16 +585,9 @@ def cached(path, build, **key):
             if all(k in z.files and z[k] == v for k, v in key.items()):
                 return dict(z)
     arrays = {**build(), **key}
-    save_npz(path, arrays)
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
     print(f'wrote {path}', file=sys.stderr)
     return arrays
-
-def save_npz(path, arrays):
-    """Save a dict of arrays as one .npz file, through write_atomic."""
-    def write(tmp):
-        with open(tmp, 'wb') as fh:  # a file object: np.savez would add .npz to a name
-            np.savez(fh, **arrays)
-    write_atomic(path, write)
 
 if __name__ == '__main__':
     run_script(main)

@@ -180,9 +180,10 @@ def download(name, data_dir):
 
 def write_atomic(path, write):
     """Create or replace path through write(tmp) to a temporary file beside it and one rename:
-    never a half-written file; tmp is removed on any failure, Ctrl-C included."""
+    never a half-written file; tmp is removed on any failure, Ctrl-C included. tmp keeps path's
+    suffix, which some writers go by (np.savez adds .npz to a name without it)."""
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         write(tmp)
