@@ -18,14 +18,8 @@ closer to normal, as the Fréchet distance assumes. fid.py scores after it ("pos
 linear layer's input) by default, though these are further from normal: the series' final
 part ("Latent Diffusion Model") does, and so its numbers and ours compare.
 
-The report card, after the FID (each metric's paper and formula are in its docstring): KID,
-precision and recall, density and coverage (these use the features too), copies of the
-training set (on the pixels), and the digits (on the probabilities). The final part reports an
-FID of 0.30 for the test digits against the training digits (ours: 0.28), 48.43 for its noise
-(ours, another noise: 103) and 6.02 for its diffusion model; pre FIDs are 30-200x larger
-(`python fid.py --features pre`) and move more from one trained classifier to the next.
-Another classifier scores the same images differently, so every report names its yardstick:
-the classifier (model.classifier_id), the features and N. Compare only under one yardstick.
+The report card, after the FID, adds metrics that say what kind of failure a set has; every
+report names its yardstick (the classifier, the features, N): compare only under one.
 
     python fid.py                       # the table of known failures: what each metric sees
     python fid.py samples.npy           # the report card of generated digits vs the training set
@@ -47,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist import check_writable, load_mnist, plot_tiles, run_script, write_atomic
-from model import classifier_id, get_device, load_classifier
+from model import classifier_id, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
 # the FID, which the post prepares: images -> features -> mean and covariance -> distance
@@ -94,7 +88,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return max(float(fd), 0.0)  # the true value is >= 0; clip the rounding below it
 
 # -----------------------------------------------------------------------------
-# beyond the blog: the report card's other metrics. KID
+# beyond the blog: the report card's other metrics (each function's docstring has the paper
+# and the formula): KID, precision and recall, density and coverage (on the features, as the
+# FID), copies of the training set (on the pixels), and the digits (on the probabilities).
+# The series' final part reports an FID of 0.30 for the test digits against the training
+# digits (ours: 0.28), 48.43 for its noise (ours, another noise: 103) and 6.02 for its
+# diffusion model; pre FIDs are 30-200x larger (`python fid.py --features pre`) and move more
+# from one trained classifier to the next. Another classifier scores the same images
+# differently, so every report names its yardstick: the classifier (model.classifier_id), the
+# features and N. Compare numbers only under one yardstick.
+#
+# KID
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10                     # fewer per digit: ten KIDs must stay fast
@@ -485,7 +489,7 @@ def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     after_relu = args.features == 'post'
     model, _ = load_classifier(args.checkpoint, args.device)
-    print(f'classifier {classifier_id(model)} ({args.checkpoint}): {model.summary()}')
+    print(f'classifier {classifier_id(model)} ({args.checkpoint}): {summary(model)}')
     x = load_images(args.images) if args.images else None             # (N, 1, 32, 32)
     real = training_side(model, after_relu, args.seed, args.data_dir, args.out_dir,
                          args.batch_size)

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from mnist import check_writable, load_mnist, plot_tiles, run_script, save_figure
-from model import POOLING, get_device, load_classifier
+from model import POOLING, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's path: the mean activation maps per digit, the feature histograms, and the
-# command: steps 1 to 4 of the docstring (the helpers of steps 2 to 4 come after it)
+# the blog's path: the mean activation maps per digit, the feature histograms, and the command
+# that runs steps 1 to 4 of the docstring (steps 2 and 4, and step 3's numbers, go beyond the
+# blog: their functions come after it)
 
 @torch.no_grad()
 def mean_activations(model, x, y, batch_size=1000):
@@ -69,10 +70,10 @@ def plot_histograms(f, path, bins=100):
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    model, ckpt = load_classifier(args.checkpoint, args.device)
+    model, ckpt = load_classifier(args.checkpoint, args.device)   # ckpt: what train.py saved
     acc = ckpt['val_acc']  # None when the run stopped before validating its last epoch
     acc = '' if acc is None else f', val acc {acc:.2%}'
-    print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {model.summary()}')
+    print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')
     _, _, x_val, y_val = load_mnist(args.data_dir)
     x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)
 

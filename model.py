@@ -3,11 +3,11 @@ The classifier of the blog post "Latent Diffusion Series: MNIST Classifier" (Nic
 layer for layer, and its feature vector: the last convolution's output, which the blog
 histograms before the ReLU and fid.py scores generated digits with after it.
 
-    from model import Classifier, load_classifier
+    from model import Classifier, load_classifier, summary
     model = Classifier()
     logits = model(x)                           # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
     f, logits = model.features(x, after_relu=False)   # (B, 128) features, (B, 10), one pass
-    model.summary()       # 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
+    summary(model)        # 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
     model, ckpt = load_classifier('out/classifier.pt')  # written by train.py; in eval mode
 
 A LeNet-like CNN: three 3x3 convolutions with a ReLU, each followed by a pooling layer that
@@ -65,11 +65,11 @@ class Classifier(nn.Module):
         # the blog's own line for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
         # layers are found by type (in the blog's network: layers[6], [8] and [11]), and a forward
         # hook, a function PyTorch calls as the layer runs, takes the layer's output or input
-        layers = list(self.modules())
-        i = max(k for k, m in enumerate(layers) if isinstance(m, nn.Conv2d))   # the last conv
-        j = next(k for k in range(i, len(layers)) if isinstance(layers[k], nn.Linear))
-        conv, linear = layers[i], layers[j]
-        pools = [m for m in layers[i:j] if isinstance(m, POOLING)]   # between them
+        modules = list(self.modules())   # every layer, nested ones too
+        i = max(k for k, m in enumerate(modules) if isinstance(m, nn.Conv2d))   # the last conv
+        j = next(k for k in range(i, len(modules)) if isinstance(modules[k], nn.Linear))
+        conv, linear = modules[i], modules[j]
+        pools = [m for m in modules[i:j] if isinstance(m, POOLING)]   # between them
         taken = []
         if after_relu:
             with linear.register_forward_pre_hook(lambda m, args: taken.append(args[0])):
@@ -83,26 +83,27 @@ class Classifier(nn.Module):
             h = pool(h)                                     # (B, 32, 2, 2)
         return h.flatten(1), logits                         # (B, 128), (B, 10)
 
-    @torch.no_grad()
-    def summary(self):
-        """One line: each level's output shape (C x H x W), the feature size, the parameters."""
-        was_training = self.training
-        self.eval()  # else dropout would draw random numbers (and an edit's batch norm learn)
-        x = torch.zeros(2, 1, 32, 32, device=next(self.parameters()).device)
-        levels = [m for m in self.modules() if isinstance(m, POOLING)]
-        shapes = []
-        hooks = [m.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape[1:])))
-                 for m in levels]
-        f, _ = self.features(x, after_relu=True)
-        for hook in hooks:
-            hook.remove()
-        self.train(was_training)
-        n = sum(p.numel() for p in self.parameters())
-        return (f'levels {", ".join("x".join(map(str, s)) for s in shapes) or "none"} | '
-                f'{f.shape[1]:,} features | {n:,} parameters')
-
 # -----------------------------------------------------------------------------
-# the name of a trained classifier: the yardstick fid.py reports its numbers with
+# beyond the blog: a network's line of shapes and counts, and the name of a trained classifier
+# (the yardstick fid.py reports its numbers with)
+
+@torch.no_grad()
+def summary(model):
+    """One line: each level's output shape (C x H x W), the feature size, the parameters."""
+    was_training = model.training
+    model.eval()  # else dropout would draw random numbers (and an edit's batch norm learn)
+    x = torch.zeros(2, 1, 32, 32, device=next(model.parameters()).device)
+    levels = [m for m in model.modules() if isinstance(m, POOLING)]
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape[1:])))
+             for m in levels]
+    f, _ = model.features(x, after_relu=True)
+    for hook in hooks:
+        hook.remove()
+    model.train(was_training)
+    n = sum(p.numel() for p in model.parameters())
+    return (f'levels {", ".join("x".join(map(str, s)) for s in shapes) or "none"} | '
+            f'{f.shape[1]:,} features | {n:,} parameters')
 
 def classifier_id(model):
     """The name of a trained classifier, which fid.py prints with its numbers: the first 12 hex

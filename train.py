@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist import check_writable, load_mnist, run_script, save_figure, write_atomic
-from model import Classifier, classifier_id, get_device, load_classifier
+from model import Classifier, classifier_id, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
 # the blog's training: the optimizer, its epoch and ours, the evaluation, the loop, the figure
@@ -58,7 +58,7 @@ def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
 
 def train_epoch(model, optimizer, x, y, batch_size):
     """The same epoch, faster: one pass over x (N, 1, 32, 32), y (N,), already on the device,
-    in a new random order; the mean loss, as a 0-d tensor on the device."""
+    in a new random order; the mean loss, as a 0-d tensor (a scalar) on the device."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -68,7 +68,7 @@ def train_epoch(model, optimizer, x, y, batch_size):
         xb, yb = x[idx], y[idx]                        # (B, 1, 32, 32), (B,) gathered on the device
         logits = model(xb)                             # (B, 10)
         loss = F.cross_entropy(logits, yb)             # the mean over the batch
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)          # drop the last step's gradients
         loss.backward()
         optimizer.step()
         # weighted by B, so the short last batch counts less (the blog weighs every batch's
@@ -129,7 +129,7 @@ def main(argv=None):
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
     config = {**vars(args), 'optimizer': type(optimizer).__name__}   # what the checkpoint records
-    print(f'network: {model.summary()} | optimizer: {config["optimizer"]}')
+    print(f'network: {summary(model)} | optimizer: {config["optimizer"]}')
     history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # []: a new run
 
     # the data: decoded and checked on the host, then copied to the device once

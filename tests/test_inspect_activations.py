@@ -107,7 +107,7 @@ def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, na
     run(tmp_path, '--mistakes', 7, '--dead-threshold', 0.2, '--data-dir', 'elsewhere')
     out = capsys.readouterr().out
     assert asked == ['elsewhere']
-    assert f'loaded {tmp_path / "c.pt"} {loaded} | network: {model.summary()}' in out
+    assert f'loaded {tmp_path / "c.pt"} {loaded} | network: {model_py.summary(model)}' in out
     maps = mean_activations(model, x, y)
     for level, (i, m) in enumerate(maps.items()):
         dead, limit = dead_channels(m, 0.2)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Classifier, classifier_id, get_device, load_classifier
+from model import Classifier, classifier_id, get_device, load_classifier, summary
 from networks import EDITS, blog, network, save_model, use_network, walk_features
 
 # -----------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_features_in_training_mode_are_taken_with_dropout():
 # the summary
 
 def test_summary_of_the_blogs_network():
-    assert network('blog').summary() == \
+    assert summary(network('blog')) == \
         'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
 
 @pytest.mark.parametrize('name, levels, D', [
@@ -84,14 +84,14 @@ def test_summary_of_the_blogs_network():
 def test_summary_follows_the_network(name, levels, D):
     model = network(name)
     n = sum(p.numel() for p in model.parameters())
-    assert model.summary() == f'levels {levels} | {D} features | {n:,} parameters'
+    assert summary(model) == f'levels {levels} | {D} features | {n:,} parameters'
 
 def test_summary_changes_nothing():
     # train mode, batch norm, dropout: no random number drawn, no running statistic learned
     model = network('batchnorm').train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    model.summary()
+    summary(model)
     assert torch.equal(torch.get_rng_state(), rng) and model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
