@@ -13,10 +13,10 @@ The FID, which the post prepares, takes the three functions right below this doc
     fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as metrics() does for a card
 
 Which features. The FID compares the classifier's feature vectors (model.py: 128 numbers for
-the blog's network). The blog histograms them before the last ReLU ("pre"), where they are
-closer to normal, as the Fréchet distance assumes. fid.py scores after it ("post"-ReLU, the
-linear layer's input) by default, though these are further from normal: the series' final
-part ("Latent Diffusion Model") does, and so its numbers and ours compare.
+the blog's network). The blog histograms them before the last ReLU (--features before-relu),
+where they are closer to normal, as the Fréchet distance assumes. fid.py scores them after it
+(after-relu, the linear layer's input) by default, though these are further from normal: the
+series' final part ("Latent Diffusion Model") does, so our numbers land on its scale.
 
 The report card, after the FID, adds metrics that say what kind of failure a set has; every
 report names its yardstick (the classifier, the features, N): compare only under one.
@@ -91,12 +91,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 # beyond the blog: the report card's other metrics (each function's docstring has the paper
 # and the formula): KID, precision and recall, density and coverage (on the features, as the
 # FID), copies of the training set (on the pixels), and the digits (on the probabilities).
-# The series' final part reports an FID of 0.30 for the test digits against the training
-# digits (ours: 0.28), 48.43 for its noise (ours, another noise: 103) and 6.02 for its
-# diffusion model; pre FIDs are 30-200x larger (`python fid.py --features pre`) and move more
-# from one trained classifier to the next. Another classifier scores the same images
-# differently, so every report names its yardstick: the classifier (model.classifier_id), the
-# features and N. Compare numbers only under one yardstick.
+# The series' final part, with its own classifier of this network, reports an FID of 0.30 for
+# the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
+# noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
+# they agree roughly, not exactly. before-relu FIDs are 30-200x larger (`--features
+# before-relu`) and move more from one trained classifier to the next. Another classifier
+# scores the same images differently, so every report names its yardstick: the classifier
+# (model.classifier_id), the features and N. Compare numbers exactly only under one yardstick.
 #
 # KID
 
@@ -117,7 +118,7 @@ def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSE
     (mean, standard deviation, m) of mmd2_unbiased over `subsets` seeded random subsets of
     m = min(subset_size, N1, N2) rows a side. Unbiased: centred on 0 (so sometimes below it)
     for one distribution at every N (only its spread grows as N shrinks), so it serves for a
-    few hundred samples too. In float64: the pre features' kernel values reach 1e10, too much
+    few hundred samples too. In float64: before-relu features' kernel values reach 1e10, too much
     for float32 sums."""
     m = min(subset_size, len(f1), len(f2))
     g = torch.Generator().manual_seed(seed)
@@ -281,6 +282,7 @@ def copies(x, index):
 
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}  # final part
+FEATURES = {True: 'after-relu', False: 'before-relu'}  # the name of each choice of features
 
 def real_side(f, pred, seed=0):
     """The real side of a report, from the real digits' features f (M, D) and predicted digits
@@ -348,25 +350,25 @@ def report(model, x, real, after_relu=True, batch_size=1000, seed=0):
         r['copies'], per_sample = copies(x, real['copy'])
         r['per_sample'].update(per_sample)
         r['copy_tau'] = real['copy']['tau'].item()
-    r.update(classifier=classifier_id(model), features='post' if after_relu else 'pre',
+    r.update(classifier=classifier_id(model), features=FEATURES[after_relu],
              seconds=time.perf_counter() - t0)
     return r
 
-def score(images, checkpoint='out/classifier.pt', features='post', data_dir='data',
+def score(images, checkpoint='out/classifier.pt', features='after-relu', data_dir='data',
           out_dir='out', device='auto', seed=0, batch_size=1000):
     """The report card of generated digits (numpy or torch, any layout to_model_input takes)
     against the 60,000 training digits, in one call: the numbers `python fid.py` prints."""
     model, _ = load_classifier(checkpoint, get_device(device))
-    after_relu = {'post': True, 'pre': False}[features]
+    after_relu = {'after-relu': True, 'before-relu': False}[features]
     real = training_side(model, after_relu, seed, data_dir, out_dir, batch_size)
     return report(model, to_model_input(images), real, after_relu, batch_size, seed)
 
 def training_side(model, after_relu=True, seed=0, data_dir='data', out_dir='out', batch_size=1000):
     """The real side of every report: real_side() of the 60,000 training digits, with their
     copy_index() as 'copy'. Both are computed once and cached in out_dir: the features in
-    train_features_{post,pre}.npz (made again for another classifier), the copy index, which
-    needs no classifier, in train_copies.npz."""
-    features = 'post' if after_relu else 'pre'
+    train_features_{after,before}-relu.npz (made again for another classifier), the copy
+    index, which needs no classifier, in train_copies.npz."""
+    features = FEATURES[after_relu]
     def train_features():
         f, probs = embed(model, load_mnist(data_dir)[0][:, None], after_relu, batch_size)
         return {'f': f.numpy(), 'pred': probs.argmax(1).numpy()}
@@ -384,7 +386,7 @@ def training_side(model, after_relu=True, seed=0, data_dir='data', out_dir='out'
 def print_report(r, name):
     final = SERIES_FID['validation set vs train']
     final = f" (real vs real at 10,000: {final} in the series' final part)"
-    final = final if r['features'] == 'post' else ''
+    final = final if r['features'] == 'after-relu' else ''
     print(f'\nreport card: {name} ({r["n"]:,} images) vs MNIST train ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians{final}')
     print(f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over {KID_SUBSETS} '
@@ -472,14 +474,14 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
             ('training digits, copied', copied),
             ('training digits moved 1 pixel', copied.roll(1, dims=3)),
             ('half copies, half validation', torch.cat([copied[:half], x_val[half:]]))]
-    print(f'\n| compared ({"post" if after_relu else "pre"} features) | N | FID | final part | '
+    print(f'\n| compared ({FEATURES[after_relu]} features) | N | FID | final part | '
           f'KID | precision | recall | density | coverage | copies | classifier score | '
           f'digits present | digit mix KL |\n|{"---|" * 13}')
     results = {}
     for name, x in rows:
         r = results[name] = report(model, x, real, after_relu, batch_size, seed)
-        post = SERIES_FID.get(name, '') if after_relu else 'n/a'
-        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {post} | {r["kid"]:.4g} | '
+        final = SERIES_FID.get(name, '') if after_relu else 'n/a'
+        print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {final} | {r["kid"]:.4g} | '
               f'{r["precision"]:.3f} | {r["recall"]:.3f} | {r["density"]:.3f} | '
               f'{r["coverage"]:.3f} | {r["copies"]:.1%} | {r["classifier_score"]:.2f} | '
               f'{r["digits_present"]} | {r["digit_kl"]:.3f} |', flush=True)
@@ -487,7 +489,7 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
 
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
-    after_relu = args.features == 'post'
+    after_relu = args.features == 'after-relu'
     model, _ = load_classifier(args.checkpoint, args.device)
     print(f'classifier {classifier_id(model)} ({args.checkpoint}): {summary(model)}')
     x = load_images(args.images) if args.images else None             # (N, 1, 32, 32)
@@ -520,7 +522,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description='A report card for generated MNIST digits.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('images', nargs='?', help='.npy, .pt or a PNG folder; none: the table')
-    parser.add_argument('--features', default='post', choices=['pre', 'post'],
+    parser.add_argument('--features', default='after-relu', choices=['before-relu', 'after-relu'],
                         help="before the last ReLU (the blog's) or after it (the series')")
     parser.add_argument('--save-stats', metavar='NPZ', help="also save the images' mu and sigma")
     parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')

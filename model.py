@@ -60,9 +60,9 @@ class Classifier(nn.Module):
     def features(self, x, after_relu):
         """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass:
         the last convolution's output before its ReLU, pooled as the network pools it and
-        flattened ("pre", the blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear
-        layer's input ("post"-ReLU, fid.py's default; dropout is off in eval mode)."""
-        # the blog's own line for "pre": avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
+        flattened (the blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear layer's
+        input (fid.py's default features; dropout is off in eval mode)."""
+        # the blog's own line for the first: avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
         # layers are found by type (in the blog's network: layers[6], [8] and [11]), and a forward
         # hook, a function PyTorch calls as the layer runs, takes the layer's output or input
         modules = list(self.modules())   # every layer, nested ones too

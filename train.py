@@ -34,7 +34,8 @@ from model import Classifier, classifier_id, get_device, load_classifier, summar
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam. Training, --resume and --compare-blog-loop all make it here,
-    so trying another is this one line: torch.optim.SGD(model.parameters(), lr, momentum=0.9)."""
+    so trying another is this one line (and its own --lr): torch.optim.SGD(model.parameters(),
+    lr, momentum=0.9) with --lr 0.05, say."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):

@@ -415,14 +415,14 @@ def test_the_report_card(setup, capsys):
     for key in ('precision', 'recall', 'density', 'coverage'):
         assert f'  {key:18s}{r[key]:10.3f}   ' in out
     assert f'  digits present    {r["digits_present"]:7d}/10' in out
-    assert (f'yardstick: classifier {classifier_id(model)} | features post ({f.shape[1]}) | '
+    assert (f'yardstick: classifier {classifier_id(model)} | features after-relu ({f.shape[1]}) | '
             f'N 200 vs 600 (KID subsets of 200; precision/recall 200 vs 600, k = 3; '
             f'density/coverage k = 5)') in out
     assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
     with np.load(tmp_path / 's' / 'gen.npz') as z:
         np.testing.assert_array_equal(z['mu'], r['mu'])
         np.testing.assert_array_equal(z['sigma'], r['sigma'])
-        assert (z['classifier'], z['features'], z['n']) == (classifier_id(model), 'post', 200)
+        assert (z['classifier'], z['features'], z['n']) == (classifier_id(model), 'after-relu', 200)
 
 def test_score_equals_the_command_and_sees_copies(setup, monkeypatch, capsys):
     tmp_path, model, (x_train, _, _, _) = setup
@@ -430,13 +430,13 @@ def test_score_equals_the_command_and_sees_copies(setup, monkeypatch, capsys):
     np.save(tmp_path / 'gen.npy', x)
     printed = {}
     monkeypatch.setattr(fid, 'print_report', lambda r, name: printed.update(r))
-    run(tmp_path, tmp_path / 'gen.npy', '--features', 'pre')
-    r = fid.score(x, checkpoint=tmp_path / 'c.pt', features='pre', out_dir=tmp_path / 'out',
+    run(tmp_path, tmp_path / 'gen.npy', '--features', 'before-relu')
+    r = fid.score(x, checkpoint=tmp_path / 'c.pt', features='before-relu', out_dir=tmp_path / 'out',
                   device='cpu')
     for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies',
                 'classifier_score', 'digit_kl', 'classifier', 'features', 'n'):
         assert r[key] == printed[key], key
-    assert r['features'] == 'pre' and r['copies'] == 1.0
+    assert r['features'] == 'before-relu' and r['copies'] == 1.0
     assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # its original
     f_pre = embed(model, torch.from_numpy(x)[:, None], after_relu=False)[0]
     f_train = embed(model, x_train[:, None], after_relu=False)[0]
@@ -452,13 +452,13 @@ def test_the_training_side_is_cached_per_classifier_and_features(setup, monkeypa
     b = fid.training_side(model, out_dir=out)         # from the cache: the same numbers
     assert len(embedded) == 1 and torch.equal(a['f'], b['f']) and torch.equal(a['pred'], b['pred'])
     assert all(torch.equal(a['copy'][k], b['copy'][k]) for k in a['copy'])
-    fid.training_side(model, after_relu=False, out_dir=out)            # pre: its own file
+    fid.training_side(model, after_relu=False, out_dir=out)            # its own file
     other = network('blog', seed=1)
     other.layers = model_py.Classifier().layers
     c = fid.training_side(other, out_dir=out)                          # another classifier: anew
     assert len(embedded) == 3 and not torch.equal(c['f'], a['f'])
-    assert sorted(p.name for p in out.iterdir()) == ['train_copies.npz', 'train_features_post.npz',
-                                                     'train_features_pre.npz']
+    assert sorted(p.name for p in out.iterdir()) == [
+        'train_copies.npz', 'train_features_after-relu.npz', 'train_features_before-relu.npz']
     assert capsys.readouterr().err.count('wrote') == 4                 # the copy index once
 
 def test_the_table_of_known_failures(setup, capsys, monkeypatch):
@@ -466,7 +466,7 @@ def test_the_table_of_known_failures(setup, capsys, monkeypatch):
     monkeypatch.setattr(fid, 'KID_SUBSETS', 10)
     run(tmp_path)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
-    assert rows[0].startswith('| compared (post features) | N | FID | final part |')
+    assert rows[0].startswith('| compared (after-relu features) | N | FID | final part |')
     cells = {row.split(' | ')[0][2:]: row.split(' | ') for row in rows[1:]}
     n, _, final = cells['validation set vs train'][1:4]
     assert (n, final) == ('300', '0.30')
@@ -481,7 +481,8 @@ def test_an_edited_network_scores_with_its_own_features(tmp_path, monkeypatch, m
     np.save(tmp_path / 'gen.npy', small[2].numpy())
     run(tmp_path, tmp_path / 'gen.npy')
     out = capsys.readouterr().out
-    assert 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out and 'features post (256)' in out
+    assert 'levels 16x16x16, 32x8x8, 64x2x2 | 256 features' in out
+    assert 'features after-relu (256)' in out
 
 def test_bad_input_is_one_line_from_the_command(tmp_path):
     x = np.linspace(-1, 1, 4 * 784).reshape(4, 28, 28)
@@ -540,5 +541,5 @@ def test_the_command_writes_its_caches_into_out_dir_only(tmp_path, monkeypatch):
     fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'),
               '--out-dir', str(tmp_path / 'o'), '--device', 'cpu'])
     assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == [
-        'gen_copies.png', 'train_copies.npz', 'train_features_post.npz']
+        'gen_copies.png', 'train_copies.npz', 'train_features_after-relu.npz']
     assert list((tmp_path / 'cwd').iterdir()) == []
