@@ -61,7 +61,7 @@ def load_mnist(data_dir='data'):
     """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixel
     values / 255 as float32, padded to 32x32; int64 labels. As in the blog, the test set is the
     validation set."""
-    # the four files, each read from data_dir (or downloaded), then parsed: uint8 arrays
+    # each file read from data_dir (or downloaded) and unzipped, then parsed: uint8 arrays
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',   # (60000, 28, 28), (60000,)
              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']     # (10000, 28, 28), (10000,)
     arrays = [parse_idx(read_or_download(name, data_dir), name) for name in names]
