@@ -8,9 +8,10 @@ Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 1. The mean output of each pooling layer per digit (the blog's layers[2], [5], [8]), one
    figure per level: out/activations_level{0,1,2}.png.
 2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
-3. How normal the features are, as fid.py's Fréchet distance assumes: the last convolution's
+3. How normal the features are, as the Fréchet distance assumes: the last convolution's
    output before its ReLU, 4x4-averaged (the blog's histograms, out/feature_histograms.png),
-   and after the ReLU and the average (the linear layer's input): skewness and kurtosis.
+   and after the ReLU and the average (the linear layer's input, which fid.py scores by
+   default; its docstring says why): skewness and kurtosis.
 4. The mistakes: the accuracy per digit, the most frequent confusions, and out/mistakes.png.
 """
 
