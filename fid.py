@@ -1,33 +1,17 @@
 """
 The Fréchet distance ("FID") with which the later parts of the blog's series score generated
 digits, with our MNIST classifier in place of the Inception network (the ImageNet classifier
-the original FID uses); and a report card that says *what kind* of failure a set of samples
-has (missing digits, blur, noise, copies).
-
-The FID, which the post prepares, takes the three functions right below this docstring:
+the original FID uses); then a report card that says *what kind* of failure a set of samples
+has (missing digits, blur, noise, copies). The FID, from the three functions below:
 
     model, _ = load_classifier('out/classifier.pt')   # model.py's network, trained by train.py
     f, _ = embed(model, x)                  # (N, 128) features of images x (N, 1, 32, 32)
-    x_train = load_mnist()[0][:, None]      # (60000, 1, 32, 32) the training digits
-    f_train, _ = embed(model, x_train)      # (60000, 128)
-    fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))   # as metrics() does for a card
+    f_train, _ = embed(model, load_mnist()[0][:, None])   # (60000, 128) the training digits
+    fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))
 
-Which features. The FID compares the classifier's feature vectors (model.py: 128 numbers for
-the blog's network). The blog histograms them before the last ReLU (--features before-relu),
-where they are closer to normal, as the Fréchet distance assumes. fid.py scores them after it
-(after-relu, the linear layer's input) by default, though these are further from normal: the
-series' final part ("Latent Diffusion Model") does, so our numbers land on its scale.
-
-The report card, after the FID, adds metrics that say what kind of failure a set has; every
-report names its yardstick (the classifier, the features, N): compare only under one.
-
-    python fid.py                       # the table of known failures: what each metric sees
-    python fid.py samples.npy           # the report card of generated digits vs the training set
-    python fid.py samples/              # the same, for a folder of PNG images
-    python fid.py samples.npy --save-stats samples.npz   # also keep their mu and sigma
-
-    from fid import score
-    r = score(samples, checkpoint='out/classifier.pt')   # the numbers of the command's card
+    python fid.py                 # the table of known failures: what each metric sees
+    python fid.py samples.npy     # the report card of generated digits (or a folder of PNGs)
+    from fid import score         # the same card in one call: score(samples)
 """
 
 import argparse
@@ -49,8 +33,10 @@ from model import classifier_id, get_device, load_classifier, summary
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images
-    x (N, 1, 32, 32) on any device, sent to the model's device a batch at a time. Puts the
-    model in eval mode (and on the CPU in channels-last memory, which is faster)."""
+    x (N, 1, 32, 32), a batch at a time on the model's device (the model: in eval mode, and on
+    the CPU channels-last, which is faster). The blog histograms the features before the last
+    ReLU (after_relu=False), closer to normal, as the FID assumes; we score them after it by
+    default, as the series' final part does, so that our numbers land on its scale."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     if device.type == 'cpu':  # convolutions run faster with a pixel's channels side by side
@@ -73,12 +59,12 @@ def mean_cov(f):
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
     arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
-    Biased upwards for small sets, roughly like 1/N, so compare numbers at one N (the test
-    digits against the training digits: 0.28 at N = 10,000). sigma1 sigma2 has the eigenvalues
-    of the symmetric positive semi-definite (PSD) matrix sqrt(sigma1) sigma2 sqrt(sigma1), so
-    the trace is the sum of their square roots: never NaN or complex, unlike a general matrix
-    square root (scipy's sqrtm, in pytorch-fid), also for singular covariances."""
+    Biased upwards for small sets, roughly like 1/N: compare numbers at one N (test digits vs
+    training digits: 0.28 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
+    # sigma1 sigma2 has the eigenvalues of the symmetric positive semi-definite (PSD) matrix
+    # sqrt(sigma1) sigma2 sqrt(sigma1): the trace is the sum of their square roots, never NaN or
+    # complex, unlike a general matrix square root (scipy's sqrtm, in pytorch-fid).
     # sqrt(sigma1) from the eigendecomposition sigma1 = V diag(w) V^T
     w, V = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     sqrt1 = (V * np.sqrt(np.clip(w, 0, None))) @ V.T                 # (D, D)

@@ -2,16 +2,12 @@
 Look inside the trained classifier, as the "Evaluation" section of the blog post "Latent
 Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 
-    python train.py                  # first: writes out/classifier.pt
-    python inspect_activations.py    # figures in out/, numbers on stdout
+    python inspect_activations.py    # after train.py: figures in out/, numbers on stdout
 
-1. The mean output of each pooling layer per digit (the blog's layers[2], [5], [8]), one
-   figure per level: out/activations_level{0,1,2}.png.
+1. The mean output of each pooling layer per digit: out/activations_level{0,1,2}.png.
 2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
-3. How normal the features are, as the Fréchet distance assumes: the last convolution's
-   output before its ReLU, 4x4-averaged (the blog's histograms, out/feature_histograms.png),
-   and after the ReLU and the average (the linear layer's input, which fid.py scores by
-   default; its docstring says why): skewness and kurtosis.
+3. The features' histograms (out/feature_histograms.png) and how normal they are, before and
+   after the last ReLU (fid.embed's docstring says which fid.py scores, and why).
 4. The mistakes: the accuracy per digit, the most frequent confusions, and out/mistakes.png.
 """
 
@@ -22,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fid import embed
 from mnist import check_writable, load_mnist, plot_tiles, run_script, save_figure
 from model import POOLING, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's path: the mean activation maps per digit, the feature histograms, and the command
-# that runs steps 1 to 4 of the docstring (steps 2 and 4, and step 3's numbers, go beyond the
-# blog: their functions come after it)
+# the blog's path: the mean activation maps per digit, the feature histograms, and main (steps
+# 2 and 4 of the docstring, and step 3's numbers, go beyond the blog: their functions follow)
 
 @torch.no_grad()
 def mean_activations(model, x, y, batch_size=1000):
@@ -89,11 +85,8 @@ def main(argv=None):
               f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
               f'digit) | wrote {path}')
 
-    # 3.: the features before and after the last ReLU, over the test set: (10000, D) each
-    with torch.no_grad():
-        f_pre, f_post = [torch.cat([model.features(xb, after_relu)[0].cpu()
-                                    for xb in x_val.split(1000)]).numpy()
-                         for after_relu in (False, True)]
+    # 3.: the features before and after the last ReLU over the test set, as fid.py takes them
+    f_pre, f_post = [embed(model, x_val, after_relu)[0].numpy() for after_relu in (False, True)]
     plot_histograms(f_pre, out / 'feature_histograms.png')
     print(f'wrote {out / "feature_histograms.png"}')
     print("before the ReLU (the blog's features): " + normality_summary(f_pre))

@@ -1,18 +1,12 @@
 """
-MNIST from the raw bytes, as the "MNIST Dataset" section of the blog post "Latent Diffusion
-Series: MNIST Classifier" (Nick Tasios) uses it, without torchvision; and the small helpers
-every script shares (figures, safe writes, errors), after the post's code.
+MNIST from the raw IDX bytes, as the "MNIST Dataset" section of the blog post "Latent
+Diffusion Series: MNIST Classifier" (Nick Tasios) uses it, without torchvision; then the
+small helpers every script shares (figures, downloads, safe writes, errors).
 
     python mnist.py        # print the split sizes, write out/mnist_samples.png
 
     from mnist import load_mnist
     x_train, y_train, x_val, y_val = load_mnist()   # (60000, 32, 32), (60000,), (10000, ...
-
-An IDX file (http://yann.lecun.com/exdb/mnist/) is a small big-endian header and one flat
-array, usually gzipped. As in the blog, the 28x28 digits are scaled to [0, 1] (the post says
-[0, 1), but 255 / 255 = 1) and padded by 2 zero pixels a side to 32x32, so that the network's
-halvings and its 4x4 average divide evenly (32 -> 16 -> 8 -> 2). The files are read from
-data/, or downloaded there, and checked by their SHA-256.
 """
 
 import argparse
@@ -41,7 +35,8 @@ IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
 def parse_idx(raw, name):
     """The array in the bytes raw of an IDX file (name: for errors), of the shape and element
     type its header declares."""
-    # the header: two zero bytes, the element type, the number of dimensions, then the size of
+    # an IDX file (http://yann.lecun.com/exdb/mnist/) is a header and one flat array. The
+    # header: two zero bytes, the element type, the number of dimensions, then the size of
     # each dimension as a big-endian 32-bit integer
     ndim = raw[3] if len(raw) >= 4 else 0
     start = 4 + 4 * ndim
@@ -61,12 +56,14 @@ def load_mnist(data_dir='data'):
     """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixel
     values / 255 as float32, padded to 32x32; int64 labels. As in the blog, the test set is the
     validation set."""
-    # each file read from data_dir (or downloaded) and unzipped, then parsed: uint8 arrays
+    # each file read from data_dir (or downloaded there, then checked by its SHA-256) and
+    # unzipped, then parsed: uint8 arrays
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',   # (60000, 28, 28), (60000,)
              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']     # (10000, 28, 28), (10000,)
     arrays = [parse_idx(read_or_download(name, data_dir), name) for name in names]
     x_train, y_train, x_val, y_val = map(torch.from_numpy, arrays)
-    # as in the blog: to [0, 1], then 2 zero pixels on each side, (N, 28, 28) -> (N, 32, 32)
+    # as in the blog: to [0, 1] (the post says [0, 1), but 255 / 255 = 1), then 2 zero pixels
+    # a side, (N, 28, 28) -> (N, 32, 32), so the network's poolings divide evenly: 32, 16, 8, 2
     x_train, x_val = [F.pad(x.float() / 255, (2, 2, 2, 2)) for x in (x_train, x_val)]
     return x_train, y_train.long(), x_val, y_val.long()
 
@@ -199,14 +196,15 @@ def check_writable(folder):
     except OSError as e:  # a file in the way, no permission, a read-only disk
         raise ValueError(f'cannot write into the folder {folder}: {e.strerror}') from None
 
-def run_script(main):
-    """Run main(): a bad input is one line and exit code 1, Ctrl-C exit code 130; no traceback."""
+def run_script(main, interrupted=''):
+    """Run main(): a bad input is one line and exit code 1, Ctrl-C exit code 130 (interrupted:
+    what more to say then); no traceback."""
     try:
         main()
     except (OSError, ValueError, FloatingPointError) as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
-        print('\ninterrupted: nothing half-written was left behind', file=sys.stderr)
+        print(f'\ninterrupted: nothing half-written was left behind{interrupted}', file=sys.stderr)
         sys.exit(130)
 
 # the command line: the flags, printed; the output folder checked before any work

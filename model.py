@@ -1,19 +1,15 @@
 """
 The classifier of the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios),
-layer for layer, and its feature vector: the last convolution's output, which the blog
-histograms before the ReLU and fid.py scores generated digits with after it.
+layer for layer as its "Model" section builds it, and its feature vector: the last
+convolution's output, which the blog histograms before the ReLU and fid.py scores after it.
 
-    from model import Classifier, load_classifier, summary
     model = Classifier()
     logits = model(x)                           # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
     f, logits = model.features(x, after_relu=False)   # (B, 128) features, (B, 10), one pass
-    summary(model)        # 'levels 8x16x16, 16x8x8, 32x2x2 | 128 features | 7,178 parameters'
     model, ckpt = load_classifier('out/classifier.pt')  # written by train.py; in eval mode
 
-A LeNet-like CNN: three 3x3 convolutions with a ReLU, each followed by a pooling layer that
-halves (max) or quarters (average) the resolution, then dropout and one linear layer. It has
-80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we follow (its
-text says 16,554, which no choice of kernel sizes gives with the layer shapes it prints).
+It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we
+follow (its text says 16,554, which no choice of kernel sizes gives with its layer shapes).
 """
 
 import hashlib
@@ -28,11 +24,10 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2
 # -----------------------------------------------------------------------------
 # the blog's network
 
-# Edit the network freely (the README's "Things to try"; only the tests that pin the blog's
-# network or how fast it learns fail, and say so): the other scripts find their parts in it.
-# Its pooling layers are the levels inspect_activations.py draws; the features are read at
-# the last nn.Conv2d and at the first nn.Linear after it, whose in_features (128) must match
-# what reaches it: channels x H x W.
+# Edit it freely (the README's "Things to try"): the other scripts find their parts in it. Its
+# pooling layers are the levels inspect_activations.py draws; the features are read at the last
+# nn.Conv2d and the first nn.Linear after it, whose in_features (128) must be what reaches it:
+# channels x H x W. Only the tests that pin the blog's network or pace fail, and say so.
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
@@ -59,27 +54,24 @@ class Classifier(nn.Module):
 
     def features(self, x, after_relu):
         """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass:
-        the last convolution's output before its ReLU, pooled as the network pools it and
-        flattened (the blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear layer's
-        input (fid.py's default features; dropout is off in eval mode)."""
-        # the blog's own line for the first: avg_pool2d(model.layers[:7](x), 4).flatten(1). Here the
-        # layers are found by type (in the blog's network: layers[6], [8] and [11]), and a forward
-        # hook, a function PyTorch calls as the layer runs, takes the layer's output or input
+        the last convolution's output before its ReLU, pooled as the network pools it (the
+        blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear layer's input."""
+        # the blog's own line for the first: avg_pool2d(model.layers[:7](x), 4).flatten(1). Here
+        # the layers are found by type (in the blog's network: layers[6], [8] and [11]), and a
+        # forward hook, a function PyTorch calls as the layer runs, takes its output or input
         modules = list(self.modules())   # every layer, nested ones too
         i = max(k for k, m in enumerate(modules) if isinstance(m, nn.Conv2d))   # the last conv
         j = next(k for k in range(i, len(modules)) if isinstance(modules[k], nn.Linear))
-        conv, linear = modules[i], modules[j]
-        pools = [m for m in modules[i:j] if isinstance(m, POOLING)]   # between them
         taken = []
         if after_relu:
-            with linear.register_forward_pre_hook(lambda m, args: taken.append(args[0])):
+            with modules[j].register_forward_pre_hook(lambda m, args: taken.append(args[0])):
                 logits = self(x)
             return taken[0], logits                         # (B, 128), (B, 10)
         # a copy of the conv's output, before an nn.ReLU(inplace=True) could change it
-        with conv.register_forward_hook(lambda m, args, out: taken.append(out.clone())):
+        with modules[i].register_forward_hook(lambda m, args, out: taken.append(out.clone())):
             logits = self(x)
         h = taken[0]                                        # (B, 32, 8, 8)
-        for pool in pools:
+        for pool in [m for m in modules[i:j] if isinstance(m, POOLING)]:   # those between
             h = pool(h)                                     # (B, 32, 2, 2)
         return h.flatten(1), logits                         # (B, 128), (B, 10)
 

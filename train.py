@@ -9,17 +9,12 @@ the flags' defaults: --lr 1e-3, --batch-size 256, --epochs 100, --log-every 10 (
     python train.py --resume --epochs 150  # continue out/classifier.pt up to epoch 150
     python train.py --compare-blog-loop 3  # time the blog's loop against ours, then exit
 
-Writes out/classifier.pt after every epoch (Ctrl-C loses at most the epoch in progress; on
-the CPU, a resumed run ends with the weights of an unbroken one) and out/loss.png. The blog's
-loop, made faster: the data goes to the device once, the loss is read back once an epoch, and
-the convolutions use channels-last memory (--compare-blog-loop measures the gain).
+Writes out/classifier.pt after every epoch, and out/loss.png at the end.
 """
 
 import argparse
 import math
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +25,7 @@ from mnist import check_writable, load_mnist, run_script, save_figure, write_ato
 from model import Classifier, classifier_id, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's training: the optimizer, its epoch and ours, the evaluation, the loop, the figure
+# the blog's training: the optimizer, an epoch, the evaluation, the loop, the figure
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam. Training, --resume and --compare-blog-loop all make it here,
@@ -38,28 +33,10 @@ def make_optimizer(model, lr):
     lr, momentum=0.9) with --lr 0.05, say."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
-def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch as the blog's inner loop writes it, kept to compare: --compare-blog-loop times
-    it (compare_loops, below). Each batch is indexed on the host and copied to the device, and
-    the loss is read back after every step."""
-    model.train()
-    num_batches = math.ceil(len(x_train) / batch_size)
-    train_ids = torch.randperm(len(x_train))
-    average_loss = 0.0
-    for bid in range(num_batches):
-        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
-        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
-        y = y_train[batch_ids].to(device)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        average_loss += loss.item()                    # waits for the device every step
-    return average_loss / num_batches
-
 def train_epoch(model, optimizer, x, y, batch_size):
-    """The same epoch, faster: one pass over x (N, 1, 32, 32), y (N,), already on the device,
-    in a new random order; the mean loss, as a 0-d tensor (a scalar) on the device."""
+    """One epoch of the blog's inner loop, made faster (the blog's own is blog_epoch, below):
+    x (N, 1, 32, 32) and y (N,) are already on the device, and the mean loss comes back as a
+    0-d tensor (a scalar) there, so the device is waited for once an epoch, not every step."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -90,10 +67,9 @@ def evaluate(model, x, y, batch_size=1000):
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
           history, save):
-    """Train up to epoch `epochs`, going on after the epochs in history (a list of one dict per
-    epoch, [] for a new run); one log line per epoch, validation every log_every epochs and at
-    the last; save(history) writes the checkpoint at the end of every epoch (save_checkpoint,
-    which stops the run instead if the loss is NaN or infinite)."""
+    """Train up to epoch `epochs`, after those in history (one dict per epoch; [] for a new run):
+    a line per epoch, validation every log_every epochs and at the last, and save(history), the
+    checkpoint (save_checkpoint, which stops the run instead if the loss is NaN or infinite)."""
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
@@ -141,16 +117,10 @@ def main(argv=None):
     y_train, y_val = y_train.to(args.device), y_val.to(args.device)   # x: (N, 1, 32, 32)
 
     # train, writing the checkpoint every epoch; then the accuracy on the 10,000 test images
-    if not args.resume:
-        keep_previous(ckpt_path)  # a checkpoint already there becomes classifier.prev.pt
     save = lambda history: save_checkpoint(ckpt_path, model, optimizer, history, config)
     t0, start = time.perf_counter(), len(history)
-    try:
-        train(model, optimizer, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
-              args.log_every, history, save)
-    except KeyboardInterrupt:
-        explain_interrupt(ckpt_path, argv)  # which epoch is saved, and how to go on from it
-        raise
+    train(model, optimizer, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
+          args.log_every, history, save)
     median = statistics.median(h['seconds'] for h in history[start:])   # s per epoch
     print(f'trained {args.epochs - start} epochs in {time.perf_counter() - t0:.0f} s on '
           f'{args.device} | median {median:.2f} s/epoch ({len(x_train) / median / 1e3:.1f}k img/s)')
@@ -161,7 +131,25 @@ def main(argv=None):
           f'numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
-# beyond the blog: what our loop's changes buy, measured
+# beyond the blog: the blog's own epoch, and what our loop's changes buy, measured
+
+def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
+    """One epoch as the blog's inner loop writes it: each batch is indexed on the host and copied
+    to the device, and the loss is read back after every step."""
+    model.train()
+    num_batches = math.ceil(len(x_train) / batch_size)
+    train_ids = torch.randperm(len(x_train))
+    average_loss = 0.0
+    for bid in range(num_batches):
+        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
+        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
+        y = y_train[batch_ids].to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        average_loss += loss.item()                    # waits for the device every step
+    return average_loss / num_batches
 
 def compare_loops(x_train, y_train, args):
     """Alternate epochs of the blog's loop and ours, each on a fresh model; print the medians."""
@@ -215,9 +203,14 @@ def parse_args(argv):
 # the checkpoint: what it takes to evaluate the model, and to train on from it
 
 def save_checkpoint(path, model, optimizer, history, config):
-    """Write the training state after the last epoch of history to path (through write_atomic);
-    a loss that is not finite stops the run instead, so path keeps the last good epoch."""
+    """Write the training state after the last epoch of history to path (through write_atomic).
+    A new run's first save keeps a checkpoint already there as classifier.prev.pt; a loss that
+    is not finite stops the run instead, so path keeps the last good epoch."""
     last = history[-1]
+    if last['epoch'] == 1 and path.exists():
+        prev = path.with_name('classifier.prev.pt')
+        print(f'kept {path} as {prev}' + (', replacing the one there' * prev.exists()))
+        path.replace(prev)
     if not math.isfinite(last['train_loss']):
         kept = f'{path} holds epoch {last["epoch"] - 1}' if path.exists() else 'nothing was saved'
         raise FloatingPointError(f'the train loss became {last["train_loss"]} at epoch '
@@ -253,21 +246,6 @@ def resume(path, model, optimizer, config):
     print(f'resuming {path} after epoch {ckpt["epoch"]}')
     return ckpt['history']
 
-def keep_previous(ckpt_path):
-    """Move a checkpoint already at ckpt_path to classifier.prev.pt beside it, saying so."""
-    if ckpt_path.exists():
-        prev = ckpt_path.with_name('classifier.prev.pt')
-        print(f'kept {ckpt_path} as {prev}' + (', replacing the one there' * prev.exists()))
-        ckpt_path.replace(prev)
-
-def explain_interrupt(ckpt_path, argv):
-    """After Ctrl-C: which epoch the checkpoint holds, and the command that goes on from it."""
-    if not ckpt_path.exists():
-        return print('\nnothing was saved: no epoch was completed', file=sys.stderr)
-    epoch = torch.load(ckpt_path, weights_only=True)['epoch']
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != '--resume']
-    print(f'\n{ckpt_path} holds epoch {epoch}, the last one completed. Resume with:\n'
-          f'{shlex.join(["python", "train.py", *map(str, argv), "--resume"])}', file=sys.stderr)
-
 if __name__ == '__main__':
-    run_script(main)
+    run_script(main, interrupted='; the checkpoint holds the last epoch printed above: to go '
+                                 'on, add --resume to the same command')
