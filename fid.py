@@ -32,11 +32,10 @@ from model import classifier_id, get_device, load_classifier, summary
 
 @torch.no_grad()
 def embed(model, x, after_relu=True, batch_size=1000):
-    """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images
-    x (N, 1, 32, 32), a batch at a time on the model's device (the model: in eval mode, and on
-    the CPU channels-last, which is faster). The blog histograms the features before the last
-    ReLU (after_relu=False), closer to normal, as the FID assumes; we score them after it by
-    default, as the series' final part does, so that our numbers land on its scale."""
+    """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images x (N, 1,
+    32, 32), a batch at a time on the model's device (which puts the model in eval mode, and
+    channels-last on a CPU). The blog histograms the features before the last ReLU (closer to
+    normal, as the FID assumes); the series' final part scores them after it, as we do."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     if device.type == 'cpu':  # convolutions run faster with a pixel's channels side by side
@@ -63,9 +62,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     training digits: 0.28 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
     # sigma1 sigma2 has the eigenvalues of the symmetric positive semi-definite (PSD) matrix
-    # sqrt(sigma1) sigma2 sqrt(sigma1): the trace is the sum of their square roots, never NaN or
-    # complex, unlike a general matrix square root (scipy's sqrtm, in pytorch-fid).
-    # sqrt(sigma1) from the eigendecomposition sigma1 = V diag(w) V^T
+    # sqrt(sigma1) sigma2 sqrt(sigma1), so the trace is the sum of their square roots: never NaN
+    # or complex, unlike scipy's general sqrtm (pytorch-fid's). sigma1 = V diag(w) V^T:
     w, V = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     sqrt1 = (V * np.sqrt(np.clip(w, 0, None))) @ V.T                 # (D, D)
     M = sqrt1 @ sigma2 @ sqrt1                                        # (D, D) symmetric PSD
@@ -74,16 +72,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return max(float(fd), 0.0)  # the true value is >= 0; clip the rounding below it
 
 # -----------------------------------------------------------------------------
-# beyond the blog: the report card's other metrics (each function's docstring has the paper
-# and the formula): KID, precision and recall, density and coverage (on the features, as the
-# FID), copies of the training set (on the pixels), and the digits (on the probabilities).
-# The series' final part, with its own classifier of this network, reports an FID of 0.30 for
-# the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
-# noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
-# they agree roughly, not exactly. before-relu FIDs are 30-200x larger (`--features
-# before-relu`) and move more from one trained classifier to the next. Another classifier
-# scores the same images differently, so every report names its yardstick: the classifier
-# (model.classifier_id), the features and N. Compare numbers exactly only under one yardstick.
+# beyond the blog: the report card's other metrics, each with its paper and formula: KID,
+# precision and recall, density and coverage (on the features, as the FID), copies of the
+# training set (on the pixels), and the digits (on the probabilities)
 #
 # KID
 
@@ -267,7 +258,14 @@ def copies(x, index):
 # the report card: real_side() describes the real digits, report() scores images against it
 
 PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
-SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}  # final part
+# The series' final part, with its own classifier of this network, reports an FID of 0.30 for
+# the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
+# noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
+# they agree roughly, not exactly. before-relu FIDs are 30-200x larger (`--features
+# before-relu`) and move more from one trained classifier to the next. Another classifier
+# scores the same images differently, so every report names its yardstick: the classifier
+# (model.classifier_id), the features and N. Compare numbers exactly only under one yardstick.
+SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
 FEATURES = {True: 'after-relu', False: 'before-relu'}  # the name of each choice of features
 
 def real_side(f, pred, seed=0):

@@ -49,19 +49,15 @@ def plot_maps(maps, path, title):
                vmax=None)
 
 def plot_histograms(f, path, bins=100):
-    """A 4x4 grid: histograms of the first 16 features f (N, D), with the fitted normal density.
+    """A 4x4 grid: histograms of the first 16 features f (N, D), as the blog draws them.
     Feature k of the blog's network is channel k // 4 at position k % 4 of its 2x2 map."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10))
     for k, (ax, v) in enumerate(zip(fig.subplots(4, 4, gridspec_kw={'hspace': 0.3}).flat, f.T)):
-        ax.hist(v, bins=bins, density=True, histtype='stepfilled', alpha=0.6)
-        mu, sigma = v.mean(), v.std()
-        if sigma > 0:                                                 # a constant has no curve
-            t = np.linspace(v.min(), v.max(), 200)
-            ax.plot(t, np.exp(-0.5 * ((t - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), 'r')
+        ax.hist(v, bins=bins)
         ax.set_title(f'feature {k}', fontsize=9)
-        ax.set_yticks([])                                             # densities: the shape counts
-    fig.suptitle('features before the last ReLU (test set), with the fitted normal density')
+        ax.set_yticks([])                                             # counts: the shape matters
+    fig.suptitle('the features before the last ReLU, over the test set')
     save_figure(fig, path)
 
 def main(argv=None):
@@ -80,10 +76,8 @@ def main(argv=None):
         path = out / f'activations_level{level}.png'
         plot_maps(m, path, f'level {level}: layers[{i}], mean over the test images of each '
                            f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
-        dead, limit = dead_channels(m, args.dead_threshold)
-        print(f'level {level} (layers[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
-              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
-              f'digit) | wrote {path}')
+        print(f'level {level} (layers[{i}], {m.shape[1]} channels): '
+              f'{dead_summary(m, args.dead_threshold)} | wrote {path}')
 
     # 3.: the features before and after the last ReLU over the test set, as fid.py takes them
     f_pre, f_post = [embed(model, x_val, after_relu)[0].numpy() for after_relu in (False, True)]
@@ -106,6 +100,12 @@ def dead_channels(maps, threshold=0.01):
     channel_means = maps.abs().mean(dim=(2, 3))          # (10, C); abs: a negative one fires too
     limit = threshold * channel_means.max()
     return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
+
+def dead_summary(maps, threshold):
+    """One line: dead_channels() of maps (10, C, H, W), and the limit they stay under."""
+    dead, limit = dead_channels(maps, threshold)
+    return (f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest, '
+            f'for every digit)')
 
 def skew_kurtosis(f):
     """Skewness m3 / m2^1.5 and excess kurtosis m4 / m2^2 - 3 (m_k: the k-th central moment) of

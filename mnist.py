@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# -----------------------------------------------------------------------------
+# the blog's path: the IDX bytes -> arrays -> x in [0, 1], padded to 32x32 -> the sample figure
+
 # IDX element types (the header's third byte): bytes, then big-endian short, int, float, double
 IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
               0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
-
-# -----------------------------------------------------------------------------
-# the blog's path: the IDX bytes -> arrays -> x in [0, 1], padded to 32x32 -> the sample figure
 
 def parse_idx(raw, name):
     """The array in the bytes raw of an IDX file (name: for errors), of the shape and element
@@ -43,8 +43,7 @@ def parse_idx(raw, name):
     if len(raw) < start or raw[:2] != b'\0\0' or raw[2] not in IDX_DTYPES:
         raise ValueError(f'{name}: not an IDX file (its header: {raw[:start].hex(" ") or "none"})')
     dtype, shape = IDX_DTYPES[raw[2]], struct.unpack_from(f'>{ndim}I', raw, 4)
-    # the data: the elements in row-major order, exactly as many as the shape says (checked
-    # before anything is allocated, however large the shape)
+    # the data: the elements in row-major order, as many as the shape says (checked first)
     size = math.prod(shape) * dtype.itemsize
     if len(raw) - start != size:
         raise ValueError(f'{name}: its header declares {shape} {dtype.name}, {size:,} bytes of '
@@ -176,9 +175,8 @@ def download(name, data_dir):
 # safe writes, and errors in one line: what every script shares
 
 def write_atomic(path, write):
-    """Create or replace path through write(tmp) to a temporary file beside it and one rename:
-    never a half-written file; tmp is removed on any failure, Ctrl-C included. tmp keeps path's
-    suffix, which some writers go by (np.savez adds .npz to a name without it)."""
+    """Create or replace path by write(tmp) to a temporary file beside it, then one rename: never
+    a half-written file, even on Ctrl-C. tmp keeps path's suffix, which np.savez goes by."""
     path = Path(path)
     tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
     path.parent.mkdir(parents=True, exist_ok=True)

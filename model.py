@@ -24,10 +24,8 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2
 # -----------------------------------------------------------------------------
 # the blog's network
 
-# Edit it freely (the README's "Things to try"): the other scripts find their parts in it. Its
-# pooling layers are the levels inspect_activations.py draws; the features are read at the last
-# nn.Conv2d and the first nn.Linear after it, whose in_features (128) must be what reaches it:
-# channels x H x W. Only the tests that pin the blog's network or pace fail, and say so.
+# Edit it freely (the README's "Things to try" says how the other scripts find its parts); the
+# first nn.Linear's in_features (128) must be what reaches it: channels x H x W.
 class Classifier(nn.Module):
 
     def __init__(self, dropout=0.5):
@@ -109,9 +107,8 @@ def classifier_id(model):
 # plumbing: a first reading can skip the rest of this file
 
 def load_classifier(path, device='cpu'):
-    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py.
-    One of another network than the one model.py builds now is refused (ValueError), also when
-    its weights would fit (an edited activation, say): its numbers would be another network's."""
+    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py;
+    one of another network than model.py builds now is refused, also when its weights fit."""
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')
     ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -129,8 +126,6 @@ def get_device(name='auto'):
     """'auto' picks cuda, then mps, then cpu; another name must be one of those, available here."""
     usable = [d for d, ok in (('cuda', torch.cuda.is_available()),
                               ('mps', torch.backends.mps.is_available()), ('cpu', True)) if ok]
-    if name == 'auto':
-        return usable[0]
-    if name.split(':')[0] not in usable:
+    if name != 'auto' and name.split(':')[0] not in usable:
         raise ValueError(f'--device {name}: this PyTorch ({torch.__version__}) can use {usable}')
-    return name
+    return usable[0] if name == 'auto' else name

@@ -28,15 +28,14 @@ from model import Classifier, classifier_id, get_device, load_classifier, summar
 # the blog's training: the optimizer, an epoch, the evaluation, the loop, the figure
 
 def make_optimizer(model, lr):
-    """The blog's optimizer, Adam. Training, --resume and --compare-blog-loop all make it here,
-    so trying another is this one line (and its own --lr): torch.optim.SGD(model.parameters(),
-    lr, momentum=0.9) with --lr 0.05, say."""
+    """The blog's optimizer, Adam; all of train.py makes it here, so trying another is this one
+    line and its own --lr: torch.optim.SGD(model.parameters(), lr, momentum=0.9), --lr 0.05."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 def train_epoch(model, optimizer, x, y, batch_size):
-    """One epoch of the blog's inner loop, made faster (the blog's own is blog_epoch, below):
-    x (N, 1, 32, 32) and y (N,) are already on the device, and the mean loss comes back as a
-    0-d tensor (a scalar) there, so the device is waited for once an epoch, not every step."""
+    """One epoch of the blog's inner loop, made faster: x (N, 1, 32, 32) and y (N,) are already
+    on the device, not copied there batch by batch, and the mean loss comes back as a 0-d tensor
+    (a scalar) there, so the device is waited for once an epoch, not every step."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -227,8 +226,7 @@ def resume(path, model, optimizer, config):
     """Load the checkpoint at path into model, optimizer and the random number generators, so
     that training goes on as if it had never stopped; return its history."""
     _, ckpt = load_classifier(path)  # none, or one of another network: one line
-    # what changes what is learned must stay (the optimizer is make_optimizer's); --epochs
-    # only says where to stop
+    # what changes what is learned must stay; --epochs only says where to stop
     old = ckpt['config']
     diff = [f'{k} {old.get(k)} (now {config[k]})'
             for k in ('batch_size', 'lr', 'seed', 'optimizer') if old.get(k) != config[k]]
