@@ -34,8 +34,10 @@ from model import classifier_id, get_device, load_classifier, summary
 def embed(model, x, after_relu=True, batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images x (N, 1,
     32, 32), a batch at a time on the model's device (which puts the model in eval mode, and
-    channels-last on a CPU). The blog histograms the features before the last ReLU (closer to
-    normal, as the FID assumes); the series' final part scores them after it, as we do."""
+    channels-last on a CPU). The blog histograms the features before the last ReLU, closer to
+    normal, as the FID assumes. We score them after it, as the series' final part does: FIDs
+    of before-relu features are 30-200x larger and vary more from one trained classifier to
+    the next."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     if device.type == 'cpu':  # convolutions run faster with a pixel's channels side by side
@@ -59,7 +61,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
     arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
     Biased upwards for small sets, roughly like 1/N: compare numbers at one N (test digits vs
-    training digits: 0.28 at N = 10,000)."""
+    training digits: about 0.3 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
     # sigma1 sigma2 has the eigenvalues of the symmetric positive semi-definite (PSD) matrix
     # sqrt(sigma1) sigma2 sqrt(sigma1), so the trace is the sum of their square roots: never NaN
@@ -261,10 +263,9 @@ PRESENT = 0.01          # a digit is present when at least 1% of the samples are
 # The series' final part, with its own classifier of this network, reports an FID of 0.30 for
 # the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
 # noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
-# they agree roughly, not exactly. before-relu FIDs are 30-200x larger (`--features
-# before-relu`) and move more from one trained classifier to the next. Another classifier
-# scores the same images differently, so every report names its yardstick: the classifier
-# (model.classifier_id), the features and N. Compare numbers exactly only under one yardstick.
+# they agree roughly, not exactly. Another classifier scores the same images differently, so
+# every report names its yardstick: the classifier (model.classifier_id), the features and N.
+# Compare numbers exactly only under one yardstick.
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
 FEATURES = {True: 'after-relu', False: 'before-relu'}  # the name of each choice of features
 

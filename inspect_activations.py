@@ -48,7 +48,7 @@ def plot_maps(maps, path, title):
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 
-def plot_histograms(f, path, bins=100):
+def plot_histograms(f, path, title, bins=100):
     """A 4x4 grid: histograms of the first 16 features f (N, D), as the blog draws them.
     Feature k of the blog's network is channel k // 4 at position k % 4 of its 2x2 map."""
     from matplotlib.figure import Figure
@@ -57,7 +57,7 @@ def plot_histograms(f, path, bins=100):
         ax.hist(v, bins=bins)
         ax.set_title(f'feature {k}', fontsize=9)
         ax.set_yticks([])                                             # counts: the shape matters
-    fig.suptitle('the features before the last ReLU, over the test set')
+    fig.suptitle(title)
     save_figure(fig, path)
 
 def main(argv=None):
@@ -81,7 +81,7 @@ def main(argv=None):
 
     # 3.: the features before and after the last ReLU over the test set, as fid.py takes them
     f_pre, f_post = [embed(model, x_val, after_relu)[0].numpy() for after_relu in (False, True)]
-    plot_histograms(f_pre, out / 'feature_histograms.png')
+    plot_histograms(f_pre, out / 'feature_histograms.png', 'the features before the last ReLU')
     print(f'wrote {out / "feature_histograms.png"}')
     print("before the ReLU (the blog's features): " + normality_summary(f_pre))
     print('after the ReLU:                       ' + normality_summary(f_post))

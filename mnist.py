@@ -91,7 +91,8 @@ def main(argv=None):
     print(f'wrote {path}')
 
 # -----------------------------------------------------------------------------
-# the figures: small images drawn as one grid (inspect_activations.py, fid.py), and saving
+# beyond the blog: the figure helpers (a first reading can skip them). plot_tiles draws small
+# images as one grid (the activation maps, the mistakes, the copies); save_figure saves one
 
 def plot_tiles(tiles, path, title='', rows=(), cols=(), labels=(), cmap='gray', vmax=1.0):
     """Small images tiles (R, C, H, W) drawn as one grid image with 1-pixel gaps, and saved as
