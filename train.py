@@ -100,6 +100,13 @@ def main(argv=None):
     args = parse_args(argv)  # the flags (at the end of the file); args.device: cuda, mps or cpu
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
 
+    # the data: decoded and checked on the host, then copied to the device once
+    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)   # (60000, 32, 32), (60000,), ...
+    if args.compare_blog_loop:  # the blog's loop takes the data from the host
+        return compare_loops(x_train, y_train, args)
+    x_train, x_val = x_train[:, None].to(args.device), x_val[:, None].to(args.device)
+    y_train, y_val = y_train.to(args.device), y_val.to(args.device)   # x: (N, 1, 32, 32)
+
     # the model; channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
@@ -107,13 +114,6 @@ def main(argv=None):
     config = {**vars(args), 'optimizer': type(optimizer).__name__}   # what the checkpoint records
     print(f'network: {summary(model)} | optimizer: {config["optimizer"]}')
     history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # []: a new run
-
-    # the data: decoded and checked on the host, then copied to the device once
-    x_train, y_train, x_val, y_val = load_mnist(args.data_dir)   # (60000, 32, 32), (60000,), ...
-    if args.compare_blog_loop:
-        return compare_loops(x_train, y_train, args)
-    x_train, x_val = x_train[:, None].to(args.device), x_val[:, None].to(args.device)
-    y_train, y_val = y_train.to(args.device), y_val.to(args.device)   # x: (N, 1, 32, 32)
 
     # train, writing the checkpoint every epoch; then the accuracy on the 10,000 test images
     save = lambda history: save_checkpoint(ckpt_path, model, optimizer, history, config)
