@@ -152,6 +152,7 @@ def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
 
 def compare_loops(x_train, y_train, args):
     """Alternate epochs of the blog's loop and ours, each on a fresh model; print the medians."""
+    torch.manual_seed(args.seed)
     x_dev, y_dev = x_train[:, None].to(args.device), y_train.to(args.device)
     times = {'blog': [], 'ours': []}
     for r in range(args.compare_blog_loop):
