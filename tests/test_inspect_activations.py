@@ -136,3 +136,15 @@ def test_predict_is_the_argmax_and_its_softmax_probability():
     p = logits.exp() / logits.exp().sum(1, keepdim=True)            # softmax written out
     assert torch.equal(pred, logits.argmax(1))
     torch.testing.assert_close(confidence, p.max(1).values)
+
+def test_plot_histograms_draws_the_first_16_features_under_its_title(tmp_path, monkeypatch):
+    f = np.arange(20)[None, :] * 10.0 + np.random.default_rng(0).random((500, 20))   # (500, 20)
+    figures = []
+    monkeypatch.setattr(inspect_activations, 'save_figure', lambda fig, path: figures.append(fig))
+    inspect_activations.plot_histograms(f, tmp_path / 'h.png', 'some title', bins=10)
+    fig, = figures
+    assert fig._suptitle.get_text() == 'some title' and len(fig.axes) == 16
+    for k, ax in enumerate(fig.axes):
+        bars = ax.patches                                         # the histogram's bars
+        assert sum(b.get_height() for b in bars) == 500           # every image counted
+        assert abs(bars[0].get_x() - f[:, k].min()) < 1e-9        # of feature k, column k

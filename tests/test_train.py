@@ -309,6 +309,20 @@ def test_compare_blog_loop_times_both_and_trains_nothing(tmp_path, fake_data, ca
     assert 'median over 2 epochs on cpu: blog loop' in out
     assert not (tmp_path / 'out' / 'classifier.pt').exists()
 
+def test_compare_blog_loop_seeds_its_models_and_ignores_resume(tmp_path, fake_data, monkeypatch):
+    first = []   # the first weight of each fresh model, as each loop gets it
+    def records(loop):
+        def epoch(model, *args):
+            first.append(next(model.parameters()).flatten()[0].item())
+            return loop(model, *args)
+        return epoch
+    monkeypatch.setattr(train_py, 'blog_epoch', records(blog_epoch))
+    monkeypatch.setattr(train_py, 'train_epoch', records(train_epoch))
+    main(tmp_path, '--compare-blog-loop', 1, '--resume')     # no checkpoint: not even read
+    main(tmp_path, '--compare-blog-loop', 1, '--seed', 0)
+    main(tmp_path, '--compare-blog-loop', 1, '--seed', 1)
+    assert first[:2] == first[2:4] != first[4:]               # --seed says which models
+
 # -----------------------------------------------------------------------------
 # a real Ctrl-C, to a real process
 
