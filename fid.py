@@ -344,7 +344,7 @@ def score(images, checkpoint='out/classifier.pt', features='after-relu', data_di
     """The report card of generated digits (numpy or torch, any layout to_model_input takes)
     against the 60,000 training digits, in one call: the numbers `python fid.py` prints."""
     model, _ = load_classifier(checkpoint, get_device(device))
-    after_relu = {'after-relu': True, 'before-relu': False}[features]
+    after_relu = {name: b for b, name in FEATURES.items()}[features]   # KeyError if unknown
     real = training_side(model, after_relu, seed, data_dir, out_dir, batch_size)
     return report(model, to_model_input(images), real, after_relu, batch_size, seed)
 
