@@ -2,12 +2,12 @@
 Look inside the trained classifier, as the "Evaluation" section of the blog post "Latent
 Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 
-    python inspect_activations.py    # after train.py: figures in out/, numbers on stdout
+    python inspect_activations.py    # figures in out/, numbers on stdout
 
 1. The mean output of each pooling layer per digit: out/activations_level{0,1,2}.png.
 2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
 3. The features' histograms (out/feature_histograms.png) and how normal they are, before and
-   after the last ReLU (fid.embed's docstring says which fid.py scores, and why).
+   after the last ReLU (model.features; fid.embed's docstring says which fid.py scores, and why).
 4. The mistakes: the accuracy per digit, the most frequent confusions, and out/mistakes.png.
 """
 
@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fid import embed
 from mnist import check_writable, load_mnist, plot_tiles, run_script, save_figure
-from model import POOLING, get_device, load_classifier, summary
+from model import POOLING, default_checkpoint, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
 # the blog's path: the mean activation maps per digit, the feature histograms, and main (steps
@@ -28,12 +27,13 @@ from model import POOLING, get_device, load_classifier, summary
 
 @torch.no_grad()
 def mean_activations(model, x, y, batch_size=1000):
-    """{index in model.layers of a pooling layer: its mean output per digit, (10, C, H, W)},
+    """{index in model.levels of a pooling layer: its mean output per digit, (10, C, H, W)},
     over images x (N, 1, 32, 32) with digits y (N,), for a model in eval mode."""
     sums = {}
     for h, yb in zip(x.split(batch_size), y.split(batch_size)):     # (B, 1, 32, 32), (B,)
-        # the blog's loop: through the layers one by one, keeping each pooling layer's output
-        for i, layer in enumerate(model.layers):
+        # the blog's loop: through the levels' layers one by one (the blog's layers 0 to 8),
+        # keeping each pooling layer's output (the blog's 2, 5 and 8)
+        for i, layer in enumerate(model.levels):
             h = layer(h)
             if isinstance(layer, POOLING):                            # h: (B, C, H, W)
                 if i not in sums:  # float64 on the CPU: exact enough, and MPS has no float64
@@ -74,17 +74,18 @@ def main(argv=None):
     maps = mean_activations(model, x_val, y_val.to(args.device))   # {index: (10, C, H, W)}
     for level, (i, m) in enumerate(maps.items()):
         path = out / f'activations_level{level}.png'
-        plot_maps(m, path, f'level {level}: layers[{i}], mean over the test images of each '
+        plot_maps(m, path, f'level {level}: levels[{i}], mean over the test images of each '
                            f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
-        print(f'level {level} (layers[{i}], {m.shape[1]} channels): '
+        print(f'level {level} (levels[{i}], {m.shape[1]} channels): '
               f'{dead_summary(m, args.dead_threshold)} | wrote {path}')
 
-    # 3.: the features before and after the last ReLU over the test set, as fid.py takes them
-    f_pre, f_post = [embed(model, x_val, after_relu)[0].numpy() for after_relu in (False, True)]
-    plot_histograms(f_pre, out / 'feature_histograms.png', 'the features before the last ReLU')
+    # 3.: the features before and after the last ReLU over the test set (model.features)
+    with torch.no_grad():
+        before, after = (f.cpu().numpy() for f in model.features(x_val))   # (10000, 128) each
+    plot_histograms(before, out / 'feature_histograms.png', 'the features before the last ReLU')
     print(f'wrote {out / "feature_histograms.png"}')
-    print("before the ReLU (the blog's features): " + normality_summary(f_pre))
-    print('after the ReLU:                       ' + normality_summary(f_post))
+    print("before the ReLU (the blog's features): " + normality_summary(before))
+    print('after the ReLU:                       ' + normality_summary(after))
 
     # 4.: what the classifier gets wrong, and how sure it was
     print_mistakes(model, x_val, y_val, out / 'mistakes.png', args.mistakes)
@@ -174,7 +175,8 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description='Look inside the trained classifier.',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
+    parser.add_argument('--checkpoint', default=default_checkpoint(),
+                        help='yours (train.py writes it) if there, else the shared classifier')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
     parser.add_argument('--device', default='auto', help='auto: cuda, then mps, then cpu')
     parser.add_argument('--dead-threshold', type=float, default=0.01, help='of the largest mean')

@@ -1,15 +1,16 @@
 """
 The classifier of the blog post "Latent Diffusion Series: MNIST Classifier" (Nick Tasios),
-layer for layer as its "Model" section builds it, and its feature vector: the last
-convolution's output, which the blog histograms before the ReLU and fid.py scores after it.
+layer for layer as its "Model" section builds it, and its features, as its "Evaluation"
+section takes them.
 
     model = Classifier()
-    logits = model(x)                           # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
-    f, logits = model.features(x, after_relu=False)   # (B, 128) features, (B, 10), one pass
-    model, ckpt = load_classifier('out/classifier.pt')  # written by train.py; in eval mode
+    logits = model(x)                    # x (B, 1, 32, 32) in [0, 1] -> (B, 10)
+    before, after = model.features(x)    # (B, 128) each: before and after the last ReLU
+    model, ckpt = load_classifier()      # trained: out/classifier.pt, or the shared classifier
 
 It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we
-follow (its text says 16,554, which no choice of kernel sizes gives with its layer shapes).
+follow. Its text says 16,554; the same k x k kernel in all three convolutions would give
+648 k^2 + 1,346 parameters: 7,178 for k = 3, 17,546 for k = 5.
 """
 
 import hashlib
@@ -18,20 +19,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-# the layers that end a level (a resolution) of the network, as the blog's MaxPool2d and AvgPool2d
-POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-
 # -----------------------------------------------------------------------------
 # the blog's network
 
-# Edit it freely (the README's "Things to try" says how the other scripts find its parts); the
-# first nn.Linear's in_features (128) must be what reaches it: channels x H x W.
 class Classifier(nn.Module):
 
-    def __init__(self, dropout=0.5):
+    def __init__(self):
         super().__init__()
         c1, c2, c3 = 8, 16, 32  # the channels of the three levels
-        self.layers = nn.Sequential(
+        # the blog's self.layers in two parts: the levels (a convolution, a ReLU and a pooling
+        # layer, three times: three resolutions), then the head that reads their output. Edit
+        # them freely; the last level must end with its activation and then its pooling (the
+        # features are read between them), and the Linear's 128 must be channels x H x W
+        self.levels = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
             nn.ReLU(),                              # 1
             nn.MaxPool2d(2),                        # 2: (B, 8, 16, 16)   level 0 (halves H, W)
@@ -41,59 +41,49 @@ class Classifier(nn.Module):
             nn.Conv2d(c2, c3, 3, padding='same'),   # 6: (B, 32, 8, 8)    16*32*9 + 32 = 4,640
             nn.ReLU(),                              # 7
             nn.AvgPool2d(4),                        # 8: (B, 32, 2, 2)    level 2
-            nn.Flatten(),                           # 9: (B, 128)
-            nn.Dropout(dropout),                    # 10 (off in eval mode)
-            nn.Linear(c3 * 2 * 2, 10),              # 11: (B, 10)         128*10 + 10 = 1,290
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),                           # (B, 128)
+            nn.Dropout(),                           # p = 0.5, off in eval mode
+            nn.Linear(c3 * 2 * 2, 10),              # (B, 10)             128*10 + 10 = 1,290
         )
 
     def forward(self, x):
         # x: (B, 1, 32, 32) -> logits (B, 10); the softmax lives in the cross-entropy loss
-        return self.layers(x)
+        return self.head(self.levels(x))
 
-    def features(self, x, after_relu):
-        """(features (B, D), logits (B, 10)) of images x (B, 1, 32, 32), from one forward pass:
-        the last convolution's output before its ReLU, pooled as the network pools it (the
-        blog's histograms: (B, 32 * 2 * 2)); or with after_relu, the linear layer's input."""
-        # the blog's own line for the first: avg_pool2d(model.layers[:7](x), 4).flatten(1). Here
-        # the layers are found by type (in the blog's network: layers[6], [8] and [11]), and a
-        # forward hook, a function PyTorch calls as the layer runs, takes its output or input
-        modules = list(self.modules())   # every layer, nested ones too
-        i = max(k for k, m in enumerate(modules) if isinstance(m, nn.Conv2d))   # the last conv
-        j = next(k for k in range(i, len(modules)) if isinstance(modules[k], nn.Linear))
-        taken = []
-        if after_relu:
-            with modules[j].register_forward_pre_hook(lambda m, args: taken.append(args[0])):
-                logits = self(x)
-            return taken[0], logits                         # (B, 128), (B, 10)
-        # a copy of the conv's output, before an nn.ReLU(inplace=True) could change it
-        with modules[i].register_forward_hook(lambda m, args, out: taken.append(out.clone())):
-            logits = self(x)
-        h = taken[0]                                        # (B, 32, 8, 8)
-        for pool in [m for m in modules[i:j] if isinstance(m, POOLING)]:   # those between
-            h = pool(h)                                     # (B, 32, 2, 2)
-        return h.flatten(1), logits                         # (B, 128), (B, 10)
+    def features(self, x):
+        """The features of images x (B, 1, 32, 32): (before, after) the last ReLU, (B, 128)
+        each. Before: the blog's histograms; after: what the head reads, which fid.py scores."""
+        # the blog's line: avg_pool2d(model.layers[:7](x), 4), flattened: the layers up to the
+        # last convolution, without its ReLU, pooled as the last level pools
+        h = self.levels[:-2](x)                       # (B, 32, 8, 8)
+        pool = self.levels[-1]                        # AvgPool2d(4)
+        before = pool(h).flatten(1)                   # (B, 128)
+        after = pool(self.levels[-2](h)).flatten(1)   # (B, 128): self.levels(x), flattened
+        return before, after
 
 # -----------------------------------------------------------------------------
 # beyond the blog: a network's line of shapes and counts, and the name of a trained classifier
 # (the yardstick fid.py reports its numbers with)
 
+# the layers that end a level (a resolution), as the blog's MaxPool2d and AvgPool2d do
+POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
 @torch.no_grad()
 def summary(model):
     """One line: each level's output shape (C x H x W), the feature size, the parameters."""
     was_training = model.training
-    model.eval()  # else dropout would draw random numbers (and an edit's batch norm learn)
-    x = torch.zeros(2, 1, 32, 32, device=next(model.parameters()).device)
-    levels = [m for m in model.modules() if isinstance(m, POOLING)]
+    model.eval()  # else an edit's batch norm would learn from the zeros
+    h = torch.zeros(1, 1, 32, 32, device=next(model.parameters()).device)
     shapes = []
-    hooks = [m.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape[1:])))
-             for m in levels]
-    f, _ = model.features(x, after_relu=True)
-    for hook in hooks:
-        hook.remove()
+    for layer in model.levels:
+        h = layer(h)
+        if isinstance(layer, POOLING):
+            shapes.append('x'.join(map(str, h.shape[1:])))
     model.train(was_training)
     n = sum(p.numel() for p in model.parameters())
-    return (f'levels {", ".join("x".join(map(str, s)) for s in shapes) or "none"} | '
-            f'{f.shape[1]:,} features | {n:,} parameters')
+    return f'levels {", ".join(shapes) or "none"} | {h[0].numel():,} features | {n:,} parameters'
 
 def classifier_id(model):
     """The name of a trained classifier, which fid.py prints with its numbers: the first 12 hex
@@ -104,15 +94,27 @@ def classifier_id(model):
     return sha.hexdigest()[:12]
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file
+# plumbing: a first reading can skip the rest of this file.
+# Checkpoints, and the classifier this repository ships: the series' shared yardstick
 
-def load_classifier(path, device='cpu'):
-    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py;
-    one of another network than model.py builds now is refused, also when its weights fit."""
+SHARED_ID = 'cbcf0d57247c'  # made by `python train.py`: the README says on what
+SHARED_CHECKPOINT = Path(__file__).parent / f'classifier_{SHARED_ID}.pt'
+TRAINED_CHECKPOINT = Path('out/classifier.pt')  # what train.py writes by default
+
+def default_checkpoint():
+    """out/classifier.pt if you trained one, else the shared classifier: the scripts' default."""
+    return TRAINED_CHECKPOINT if TRAINED_CHECKPOINT.is_file() else SHARED_CHECKPOINT
+
+def load_classifier(path=None, device='cpu'):
+    """(the classifier in eval mode, the checkpoint dict, with 'path') of a checkpoint written by
+    train.py; path None: default_checkpoint(). A checkpoint of another network than model.py
+    builds now is refused, also when its weights fit. Channels-last memory, as train.py trains:
+    faster convolutions on a CPU."""
+    path = default_checkpoint() if path is None else path
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = Classifier().to(device)
+    model = Classifier().to(device, memory_format=torch.channels_last)
     old, new = ckpt.get('network', '').splitlines(), repr(model).splitlines()
     if old != new:  # the layers, one line each, as print(model) shows them
         diff = next((f'{a.strip()} is now {b.strip()}' for a, b in zip(old, new) if a != b),
@@ -120,7 +122,7 @@ def load_classifier(path, device='cpu'):
         raise ValueError(f'{path} was trained with another network than model.py builds now '
                          f'({diff}); python train.py trains the current one')
     model.load_state_dict(ckpt['model'])
-    return model.eval(), ckpt
+    return model.eval(), {**ckpt, 'path': str(path)}
 
 def get_device(name='auto'):
     """'auto' picks cuda, then mps, then cpu; another name must be one of those, available here."""

@@ -1,6 +1,7 @@
 """
 Networks for the tests, written out here rather than taken from model.py: the blog's layer
-list, and the edits a reader makes first. Tests of the mechanism (levels, features,
+list, and the edits a reader makes first, each split as model.py splits it: the levels, up to
+the first Flatten, then the head. Tests of the mechanism (levels, features,
 checkpoints) run on these, so they keep passing after model.py is edited; only the two
 pinning tests in tests/test_model.py check that model.py still builds the blog's network.
 """
@@ -49,19 +50,24 @@ def layers(name):
 EDITS = ['wider', 'batchnorm', 'no dropout', 'extra conv', 'global average pool, GELU',
          'in-place ReLU, 5x5 kernels, max pool', 'hidden linear layer']
 
+def split(layer_list):
+    """(levels, head) of a layer list: the head starts at the first Flatten."""
+    i = next(i for i, m in enumerate(layer_list) if isinstance(m, nn.Flatten))
+    return nn.Sequential(*layer_list[:i]), nn.Sequential(*layer_list[i:])
+
 def network(name, seed=0):
-    """A Classifier whose self.layers is layers(name), with weights drawn from seed."""
+    """A Classifier whose levels and head are split(layers(name)), weights drawn from seed."""
     torch.manual_seed(seed)
     model = model_py.Classifier()
-    model.layers = nn.Sequential(*layers(name))
+    model.levels, model.head = split(layers(name))
     return model
 
 def use_network(monkeypatch, name):
     """Make model.py build layers(name), as after a reader's edit; returns such a model."""
     class Edited(model_py.Classifier):
-        def __init__(self, dropout=0.5):
-            super().__init__(dropout)
-            self.layers = nn.Sequential(*layers(name))
+        def __init__(self):
+            super().__init__()
+            self.levels, self.head = split(layers(name))
     monkeypatch.setattr(model_py, 'Classifier', Edited)
     return Edited()
 
@@ -72,18 +78,18 @@ def save_model(path, model, epoch=0, val_acc=None, **info):
                 'val_acc': val_acc, **info}, path)
 
 def walk_features(model, x):
-    """(pre, post) features of x, found by walking model.layers, independently of model.py:
-    pre = the last conv's output put through the pooling layers before the first linear layer
-    after it, post = that linear layer's input."""
-    layers = list(model.layers)
-    conv = max(i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d))
-    linear = next(i for i in range(conv, len(layers)) if isinstance(layers[i], nn.Linear))
+    """(before, after) features of x, found by walking all the layers one by one, independently
+    of model.py: before = the input of the last activation ahead of the first linear layer, put
+    through the pooling layers between them; after = that linear layer's input."""
+    walk = [*model.levels, *model.head]
+    linear = next(i for i, m in enumerate(walk) if isinstance(m, nn.Linear))
+    act = max(i for i, m in enumerate(walk[:linear]) if isinstance(m, (nn.ReLU, nn.GELU)))
     h = x
-    for i, layer in enumerate(layers[:linear]):
-        h = layer(h)
-        if i == conv:
-            pre = h.clone()
-            for m in layers[conv:linear]:
+    for i, layer in enumerate(walk[:linear]):
+        if i == act:
+            before = h.clone()                        # an in-place ReLU would change h
+            for m in walk[act + 1:linear]:
                 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                    pre = m(pre)
-    return pre.flatten(1), h
+                    before = m(before)
+        h = layer(h)
+    return before.flatten(1), h

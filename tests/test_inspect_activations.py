@@ -25,7 +25,7 @@ def test_mean_maps_equal_a_direct_computation(name, levels):
     with torch.no_grad():
         for i in levels:
             for d in range(10):
-                direct = model.layers[:i + 1](x[y == d]).mean(0)
+                direct = model.levels[:i + 1](x[y == d]).mean(0)
                 torch.testing.assert_close(maps[i][d], direct, rtol=1e-5, atol=1e-6)
 
 def test_dead_channels():
@@ -111,10 +111,10 @@ def test_the_script_end_to_end(tmp_path, capsys, small_test_set, monkeypatch, na
     maps = mean_activations(model, x, y)
     for level, (i, m) in enumerate(maps.items()):
         dead, limit = dead_channels(m, 0.2)
-        assert (f'level {level} (layers[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
+        assert (f'level {level} (levels[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
                 f'activation <= {limit:.4f} = 0.2 x the largest') in out
     with torch.no_grad():
-        f_pre, f_post = (model.features(x, after_relu)[0].numpy() for after_relu in (False, True))
+        f_pre, f_post = (f.numpy() for f in model.features(x))
     assert "before the ReLU (the blog's features): " + normality_summary(f_pre) in out
     assert 'after the ReLU:                       ' + normality_summary(f_post) in out
     pred, _ = predict(model, x)

@@ -5,12 +5,14 @@ summary, checkpoints of this network and of others, the classifier's name, the d
 """
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import model as model_py
 from model import Classifier, classifier_id, get_device, load_classifier, summary
 from networks import EDITS, blog, network, save_model, use_network, walk_features
 
@@ -21,7 +23,8 @@ PINNED = ('this test pins the blog post\'s network; it fails after an edit of mo
           'is expected: every other test follows the network model.py builds')
 
 def test_model_py_builds_the_blogs_layer_list():
-    assert repr(Classifier().layers) == repr(nn.Sequential(*blog())), PINNED
+    model = Classifier()
+    assert repr([*model.levels, *model.head]) == repr(blog()), PINNED
 
 def test_model_py_has_the_blogs_parameter_count():
     # 80 + 1,168 + 4,640 + 1,290: the blog's code (its text says 16,554; see model.py)
@@ -30,46 +33,37 @@ def test_model_py_has_the_blogs_parameter_count():
 # -----------------------------------------------------------------------------
 # the features
 
-@pytest.mark.parametrize('after_relu', [False, True])
-def test_blog_features_match_a_functional_computation(after_relu):
+def test_blog_features_match_a_functional_computation():
     model = network('blog').eval()
     x = torch.rand(5, 1, 32, 32)
-    c1, c2, c3, lin = (model.layers[i] for i in (0, 3, 6, 11))
+    c1, c2, c3, lin = (model.levels[0], model.levels[3], model.levels[6], model.head[2])
     h = F.max_pool2d(F.relu(F.conv2d(x, c1.weight, c1.bias, padding=1)), 2)
     h = F.max_pool2d(F.relu(F.conv2d(h, c2.weight, c2.bias, padding=1)), 2)
     h = F.conv2d(h, c3.weight, c3.bias, padding=1)                   # (5, 32, 8, 8)
-    # the blog's: avg_pool2d(layers[:7](x), 4) before the ReLU; post: the linear layer's input
-    expected = F.avg_pool2d(F.relu(h) if after_relu else h, 4).flatten(1)   # (5, 128)
     with torch.no_grad():
-        f, logits = model.features(x, after_relu)
-    torch.testing.assert_close(f, expected)
-    torch.testing.assert_close(logits, F.linear(F.avg_pool2d(F.relu(h), 4).flatten(1),
-                                                lin.weight, lin.bias))
+        before, after = model.features(x)
+        logits = model(x)
+    # the blog's: avg_pool2d(layers[:7](x), 4), before the ReLU; after: the linear layer's input
+    torch.testing.assert_close(before, F.avg_pool2d(h, 4).flatten(1))          # (5, 128)
+    torch.testing.assert_close(after, F.avg_pool2d(F.relu(h), 4).flatten(1))   # (5, 128)
+    torch.testing.assert_close(logits, F.linear(after, lin.weight, lin.bias))
 
 @pytest.mark.parametrize('name', ['blog', *EDITS])
 def test_features_of_each_network(name):
     model = network(name).eval()
     x = torch.rand(6, 1, 32, 32)
     with torch.no_grad():
-        pre, post = walk_features(model, x)
-        for after_relu, expected in ((False, pre), (True, post)):
-            f, logits = model.features(x, after_relu)
-            torch.testing.assert_close(f, expected, rtol=0, atol=0)
-            torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
-    hooks = [h for m in model.modules() for h in (*m._forward_hooks, *m._forward_pre_hooks)]
-    assert hooks == [], 'features() must remove its hooks'
+        expected = walk_features(model, x)
+        before, after = model.features(x)
+        torch.testing.assert_close((before, after), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model.head(after), model(x), rtol=0, atol=0)
+    assert (before < 0).any() and not torch.equal(before, after)   # the activation is between
 
-def test_pre_features_are_not_changed_by_an_in_place_relu():
-    model = network('in-place ReLU, 5x5 kernels, max pool').eval()
+def test_features_are_read_before_the_heads_dropout():
+    model = network('blog').train()                   # dropout on
+    x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
-        pre, _ = model.features(torch.rand(50, 1, 32, 32), after_relu=False)
-    assert (pre < 0).any()                           # before the ReLU, some are negative
-
-def test_features_in_training_mode_are_taken_with_dropout():
-    model = network('blog').train()
-    torch.manual_seed(0)
-    post, _ = model.features(torch.rand(4, 1, 32, 32), after_relu=True)
-    assert (post == 0).float().mean() > 0.3          # dropout zeroes about half
+        torch.testing.assert_close(model.features(x), model.eval().features(x), rtol=0, atol=0)
 
 # -----------------------------------------------------------------------------
 # the summary
@@ -108,7 +102,7 @@ def test_load_classifier_round_trip(tmp_path):
 def test_load_classifier_refuses_another_network(tmp_path, monkeypatch):
     use_network(monkeypatch, 'blog')                  # model.py builds the blog's network
     tanh = network('blog')
-    tanh.layers = nn.Sequential(*[nn.Tanh() if isinstance(m, nn.ReLU) else m for m in blog()])
+    tanh.levels = nn.Sequential(*[nn.Tanh() if isinstance(m, nn.ReLU) else m for m in tanh.levels])
     save_model(tmp_path / 'tanh.pt', tanh)            # weights that fit: another activation
     with pytest.raises(ValueError) as e:
         load_classifier(tmp_path / 'tanh.pt')
@@ -131,13 +125,33 @@ def test_load_classifier_no_or_an_old_checkpoint(tmp_path):
                                          r'builds now \(it records none\); python train.py trains'):
         load_classifier(tmp_path / 'old.pt')
 
+def test_the_shared_classifier_loads_and_has_the_name_the_readme_gives(mnist_data):
+    from conftest import ROOT
+    model, ckpt = load_classifier(model_py.SHARED_CHECKPOINT)        # into today's model.py
+    assert classifier_id(model) == model_py.SHARED_ID
+    assert model_py.SHARED_CHECKPOINT.name == f'classifier_{model_py.SHARED_ID}.pt'
+    assert f'classifier_{model_py.SHARED_ID}.pt' in (ROOT / 'README.md').read_text()
+    _, _, x_val, y_val = mnist_data
+    with torch.no_grad():
+        accuracy = (model(x_val[:, None]).argmax(1) == y_val).double().mean().item()
+    assert accuracy == ckpt['val_acc'] == 0.9903                     # the README's 99.03%
+    assert model_py.SHARED_CHECKPOINT.stat().st_size < 100_000       # tens of KB
+
+def test_the_default_checkpoint_is_yours_if_you_trained_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert model_py.default_checkpoint() == model_py.SHARED_CHECKPOINT
+    (tmp_path / 'out').mkdir()
+    save_model(tmp_path / 'out' / 'classifier.pt', Classifier(), epoch=2)
+    assert model_py.default_checkpoint() == Path('out/classifier.pt')
+    assert load_classifier()[1]['epoch'] == 2 and load_classifier()[1]['path'] == 'out/classifier.pt'
+
 def test_classifier_id_names_the_weights():
     model = network('blog')
     expected = hashlib.sha256(b''.join(v.numpy().tobytes() for v in model.state_dict().values()))
     assert classifier_id(model) == expected.hexdigest()[:12]
     assert classifier_id(model.to(memory_format=torch.channels_last)) == expected.hexdigest()[:12]
     with torch.no_grad():
-        model.layers[11].bias[3] += 1e-6              # one weight, one step: another classifier
+        model.head[2].bias[3] += 1e-6              # one weight, one step: another classifier
     assert classifier_id(model) != expected.hexdigest()[:12]
 
 # -----------------------------------------------------------------------------
