@@ -25,17 +25,40 @@ from mnist import check_writable, load_mnist, run_script, save_figure, write_ato
 from model import Classifier, classifier_id, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's training: the optimizer, an epoch, the evaluation, the loop, the figure
+# the blog's training: the optimizer, its epoch (then ours, the same made faster), the evaluation,
+# the loop, the figure
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam; all of train.py makes it here, so trying another is this one
     line and its own --lr: torch.optim.SGD(model.parameters(), lr, momentum=0.9), --lr 0.05."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
+def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
+    """One epoch as the blog's inner loop writes it, on x_train (N, 32, 32) and y_train (N,) on
+    the host: a new order, then for each batch: copy it to the device, forward, loss, backward,
+    step; it returns the mean of the batch losses."""
+    model.train()
+    num_batches = math.ceil(len(x_train) / batch_size)
+    train_ids = torch.randperm(len(x_train))
+    average_loss = 0.0
+    for bid in range(num_batches):
+        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
+        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
+        y = y_train[batch_ids].to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        average_loss += loss.item()                    # waits for the device every step
+    return average_loss / num_batches
+
 def train_epoch(model, optimizer, x, y, batch_size):
-    """One epoch of the blog's inner loop, made faster: x (N, 1, 32, 32) and y (N,) are already
-    on the device, not copied there batch by batch, and the mean loss comes back as a 0-d tensor
-    (a scalar) there, so the device is waited for once an epoch, not every step."""
+    """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
+    y (N,) are on the device already (no copy per step), and the loss is summed there and read
+    once an epoch (no wait per step), weighted by batch size, so the mean is over images. The
+    model comes in channels-last memory (main): on a CPU most of the gain is that memory, and on
+    a GPU the rest; `python train.py --compare-blog-loop 5` times each change (the README has
+    the numbers)."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -48,10 +71,8 @@ def train_epoch(model, optimizer, x, y, batch_size):
         optimizer.zero_grad(set_to_none=True)          # drop the last step's gradients
         loss.backward()
         optimizer.step()
-        # weighted by B, so the short last batch counts less (the blog weighs every batch's
-        # mean alike); summed on the device: no .item(), which would wait for it every step
-        loss_sum += loss.detach() * len(idx)
-    return loss_sum / N
+        loss_sum += loss.detach() * len(idx)           # no .item(): the device runs on
+    return loss_sum / N                                # a 0-d tensor on the device
 
 @torch.no_grad()
 def evaluate(model, x, y, batch_size=1000):
@@ -65,14 +86,18 @@ def evaluate(model, x, y, batch_size=1000):
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
-          history, save):
+          history, ckpt_path, config):
     """Train up to epoch `epochs`, after those in history (one dict per epoch; [] for a new run):
-    a line per epoch, validation every log_every epochs and at the last, and save(history), the
-    checkpoint (save_checkpoint, which stops the run instead if the loss is NaN or infinite)."""
+    a line per epoch, validation every log_every epochs and at the last, and the checkpoint
+    written to ckpt_path after every epoch. A loss that is not finite stops the run."""
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
         dt = time.perf_counter() - t0                  # the training pass alone (.item() waits)
+        if not math.isfinite(train_loss):              # NaN or +-inf: the weights are lost
+            kept = f'{ckpt_path} holds epoch {epoch - 1}' if history else 'nothing was saved'
+            raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}: '
+                                     f'training stopped, {kept}; try a smaller --lr')
         line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
         val_loss = val_acc = None
         if epoch % log_every == 0 or epoch == epochs:  # the blog's i_log
@@ -80,7 +105,12 @@ def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, 
             line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
         history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                             val_acc=val_acc, seconds=dt))
-        save(history)                                  # the checkpoint, before the epoch's line
+        if epoch == 1 and ckpt_path.exists():          # a new run: keep the last run's checkpoint
+            prev = ckpt_path.with_name('classifier.prev.pt')
+            replacing = ', replacing the one there' if prev.exists() else ''
+            print(f'kept {ckpt_path} as {prev}{replacing}')
+            ckpt_path.replace(prev)
+        save_checkpoint(ckpt_path, model, optimizer, history, config)   # before the epoch's line
         print(f'{line} | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
     return history
 
@@ -116,10 +146,9 @@ def main(argv=None):
     history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # []: a new run
 
     # train, writing the checkpoint every epoch; then the accuracy on the 10,000 test images
-    save = lambda history: save_checkpoint(ckpt_path, model, optimizer, history, config)
     t0, start = time.perf_counter(), len(history)
     train(model, optimizer, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
-          args.log_every, history, save)
+          args.log_every, history, ckpt_path, config)
     median = statistics.median(h['seconds'] for h in history[start:])   # s per epoch
     print(f'trained {args.epochs - start} epochs in {time.perf_counter() - t0:.0f} s on '
           f'{args.device} | median {median:.2f} s/epoch ({len(x_train) / median / 1e3:.1f}k img/s)')
@@ -130,47 +159,31 @@ def main(argv=None):
           f'numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
-# beyond the blog: the blog's own epoch, and what our loop's changes buy, measured
-
-def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch as the blog's inner loop writes it: each batch is indexed on the host and copied
-    to the device, and the loss is read back after every step."""
-    model.train()
-    num_batches = math.ceil(len(x_train) / batch_size)
-    train_ids = torch.randperm(len(x_train))
-    average_loss = 0.0
-    for bid in range(num_batches):
-        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
-        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
-        y = y_train[batch_ids].to(device)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        average_loss += loss.item()                    # waits for the device every step
-    return average_loss / num_batches
+# beyond the blog: what train_epoch's changes buy, measured
 
 def compare_loops(x_train, y_train, args):
-    """Alternate epochs of the blog's loop and ours, each on a fresh model; print the medians."""
+    """Alternate epochs of the blog's loop, the blog's loop on a channels-last model, and ours
+    (train_epoch, channels-last), each on a fresh model; print the medians."""
     torch.manual_seed(args.seed)
     x_dev, y_dev = x_train[:, None].to(args.device), y_train.to(args.device)
-    times = {'blog': [], 'ours': []}
+    times = {'blog': [], 'blog, channels-last': [], 'ours': []}
     for r in range(args.compare_blog_loop):
         for name in times:
-            memory = torch.channels_last if name == 'ours' else torch.preserve_format
+            memory = torch.preserve_format if name == 'blog' else torch.channels_last
             model = Classifier().to(args.device, memory_format=memory)
             optimizer = make_optimizer(model, args.lr)
             t0 = time.perf_counter()
-            if name == 'blog':
-                blog_epoch(model, optimizer, x_train, y_train, args.batch_size, args.device)
-            else:
+            if name == 'ours':
                 train_epoch(model, optimizer, x_dev, y_dev, args.batch_size).item()
+            else:
+                blog_epoch(model, optimizer, x_train, y_train, args.batch_size, args.device)
             times[name].append(time.perf_counter() - t0)
             print(f'round {r + 1} | {name} loop | {times[name][-1]:.2f} s', flush=True)
-    blog, ours = statistics.median(times['blog']), statistics.median(times['ours'])
-    print(f'median over {args.compare_blog_loop} epochs on {args.device}: blog loop '
-          f'{blog:.2f} s/epoch ({len(x_train) / blog / 1000:.1f}k img/s) | train.py loop '
-          f'{ours:.2f} s/epoch ({len(x_train) / ours / 1000:.1f}k img/s) | {blog / ours:.2f}x')
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    blog = medians['blog']
+    print(f'median over {args.compare_blog_loop} epochs on {args.device}: ' + ' | '.join(
+        f'{name} loop {m:.2f} s/epoch ({len(x_train) / m / 1000:.1f}k img/s, {blog / m:.2f}x)'
+        for name, m in medians.items()))
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file.
@@ -203,24 +216,16 @@ def parse_args(argv):
 # the checkpoint: what it takes to evaluate the model, and to train on from it
 
 def save_checkpoint(path, model, optimizer, history, config):
-    """Write the training state after the last epoch of history to path (through write_atomic).
-    A new run's first save keeps a checkpoint already there as classifier.prev.pt; a loss that
-    is not finite stops the run instead, so path keeps the last good epoch."""
+    """Write the training state after the last epoch of history to path, whole or not at all
+    (write_atomic): what it takes to evaluate the model, and to train on from it."""
     last = history[-1]
-    if last['epoch'] == 1 and path.exists():
-        prev = path.with_name('classifier.prev.pt')
-        print(f'kept {path} as {prev}' + (', replacing the one there' * prev.exists()))
-        path.replace(prev)
-    if not math.isfinite(last['train_loss']):
-        kept = f'{path} holds epoch {last["epoch"] - 1}' if path.exists() else 'nothing was saved'
-        raise FloatingPointError(f'the train loss became {last["train_loss"]} at epoch '
-                                 f'{last["epoch"]}: training stopped, {kept}; try a smaller --lr')
     cuda = config['device'].startswith('cuda')
     state = {'model': model.state_dict(), 'network': repr(model),   # its layers, as print(model)
              'optimizer': optimizer.state_dict(), 'config': config, 'history': history,
              'epoch': last['epoch'], 'val_loss': last['val_loss'], 'val_acc': last['val_acc'],
              # the random states of the permutations and dropout masks to come
-             'rng': torch.get_rng_state(), 'cuda_rng': torch.cuda.get_rng_state() if cuda else None}
+             'rng': torch.get_rng_state(), 'cuda_rng': torch.cuda.get_rng_state() if cuda else None,
+             'made_by': f'python train.py, PyTorch {torch.__version__}, {config["device"]}'}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 def resume(path, model, optimizer, config):

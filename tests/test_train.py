@@ -112,13 +112,17 @@ def test_blog_epoch_returns_the_mean_batch_loss():
 # the loop over epochs
 
 def fit(epochs=4, log_every=10, seed=0, lr=1e-2, batch_size=32):
-    """train() on the synthetic set, as main() runs it: (model, history, what save() was given)."""
+    """train() on the synthetic set, as main() runs it: (model, history, the histories that
+    save_checkpoint was given), the checkpoint written nowhere."""
     torch.manual_seed(seed)
     model = Classifier().to(memory_format=torch.channels_last)
     (x, y), (x_val, y_val) = synthetic(320), synthetic(100, seed=1)
     saved = []
-    history = train(model, make_optimizer(model, lr), x, y, x_val, y_val, epochs, batch_size,
-                    log_every, [], lambda h: saved.append([dict(e) for e in h]))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_py, 'save_checkpoint', lambda path, model, optimizer, history, config:
+                  saved.append([dict(e) for e in history]))
+        history = train(model, make_optimizer(model, lr), x, y, x_val, y_val, epochs, batch_size,
+                        log_every, [], Path('nowhere.pt'), {})
     return model, history, saved
 
 def test_the_loop_validates_every_log_every_epochs_and_saves_every_epoch(capsys):
@@ -288,24 +292,36 @@ def test_an_unusable_out_dir_is_found_before_any_work(tmp_path, fake_data):
         main(tmp_path, out='file')
     assert fake_data == []                            # the data was not even loaded
 
-def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fake_data, monkeypatch):
+@pytest.mark.parametrize('bad', ['nan', 'inf', '-inf'])
+def test_a_loss_that_is_not_finite_stops_and_keeps_the_last_good_checkpoint(
+        tmp_path, fake_data, monkeypatch, bad):
     real, calls = train_py.train_epoch, []
     def diverges_at_epoch_3(*args):
         calls.append(1)
         loss = real(*args)
-        return loss * float('nan') if len(calls) == 3 else loss
+        return loss * 0 + float(bad) if len(calls) == 3 else loss
     monkeypatch.setattr(train_py, 'train_epoch', diverges_at_epoch_3)
     path = tmp_path / 'out' / 'classifier.pt'
-    with pytest.raises(FloatingPointError, match=f'the train loss became nan at epoch 3: '
+    with pytest.raises(FloatingPointError, match=f'the train loss became {bad} at epoch 3: '
                                                  f'training stopped, {path} holds epoch 2; try a '
                                                  f'smaller --lr'):
         main(tmp_path, '--epochs', 5)
     assert torch.load(path, weights_only=True)['epoch'] == 2
 
+def test_a_loss_not_finite_at_the_first_epoch_saves_nothing_and_keeps_the_old_checkpoint(
+        tmp_path, fake_data, monkeypatch):
+    path = main(tmp_path, '--epochs', 1)
+    before = path.read_bytes()
+    monkeypatch.setattr(train_py, 'train_epoch', lambda *args: torch.tensor(float('inf')))
+    with pytest.raises(FloatingPointError, match='at epoch 1: training stopped, nothing was saved'):
+        main(tmp_path, '--epochs', 2)
+    assert path.read_bytes() == before and not path.with_name('classifier.prev.pt').exists()
+
 def test_compare_blog_loop_times_both_and_trains_nothing(tmp_path, fake_data, capsys):
     main(tmp_path, '--compare-blog-loop', 2)
     out = capsys.readouterr().out
     assert out.count('| blog loop |') == 2 and out.count('| ours loop |') == 2
+    assert out.count('| blog, channels-last loop |') == 2
     assert 'median over 2 epochs on cpu: blog loop' in out
     assert not (tmp_path / 'out' / 'classifier.pt').exists()
 
@@ -321,7 +337,7 @@ def test_compare_blog_loop_seeds_its_models_and_ignores_resume(tmp_path, fake_da
     main(tmp_path, '--compare-blog-loop', 1, '--resume')     # no checkpoint: not even read
     main(tmp_path, '--compare-blog-loop', 1, '--seed', 0)
     main(tmp_path, '--compare-blog-loop', 1, '--seed', 1)
-    assert first[:2] == first[2:4] != first[4:]               # --seed says which models
+    assert first[:3] == first[3:6] != first[6:]               # --seed says which models
 
 # -----------------------------------------------------------------------------
 # a real Ctrl-C, to a real process
