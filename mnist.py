@@ -9,16 +9,8 @@ small helpers every script shares (figures, downloads, safe writes, errors).
     x_train, y_train, x_val, y_val = load_mnist()   # (60000, 32, 32), (60000,), (10000, ...
 """
 
-import argparse
-import gzip
-import hashlib
-import http.client
 import math
 import struct
-import sys
-import tempfile
-import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +117,15 @@ def save_figure(fig, path):
 # plumbing: a first reading can skip the rest of this file.
 # The MNIST files: read from data_dir, or downloaded there, and checked by the SHA-256 of
 # their decompressed content
+
+import argparse
+import gzip
+import hashlib
+import http.client
+import sys
+import tempfile
+import urllib.request
+import zlib
 
 SHA256 = {
     'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
