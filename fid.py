@@ -4,7 +4,7 @@ digits, with our MNIST classifier in place of the Inception network (the ImageNe
 the original FID uses); then a report card that says *what kind* of failure a set of samples
 has (missing digits, blur, noise, copies). The FID, from the three functions below:
 
-    model, _ = load_classifier('out/classifier.pt')   # model.py's network, trained by train.py
+    model, _ = load_classifier()            # the shared classifier (or yours: see model.py)
     f, _ = embed(model, x)                  # (N, 128) features of images x (N, 1, 32, 32)
     f_train, _ = embed(model, load_mnist()[0][:, None])   # (60000, 128) the training digits
     fid = frechet_distance(*mean_cov(f), *mean_cov(f_train))
@@ -25,29 +25,27 @@ import torch
 import torch.nn.functional as F
 
 from mnist import check_writable, load_mnist, plot_tiles, run_script, write_atomic
-from model import classifier_id, get_device, load_classifier, summary
+from model import SHARED_ID, classifier_id, default_checkpoint, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
 # the FID, which the post prepares: images -> features -> mean and covariance -> distance
 
 @torch.no_grad()
-def embed(model, x, after_relu=True, batch_size=1000):
-    """Features (N, D) and digit probabilities (N, 10), float32 on the CPU, of images x (N, 1,
-    32, 32), a batch at a time on the model's device (which puts the model in eval mode, and
-    channels-last on a CPU). The blog histograms the features before the last ReLU, closer to
-    normal, as the FID assumes. We score them after it, as the series' final part does: FIDs
-    of before-relu features are 30-200x larger and vary more from one trained classifier to
-    the next."""
+def embed(model, x, features='after-relu', batch_size=1000):
+    """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on
+    the model's device, a batch at a time, in eval mode (no dropout). The blog histograms the
+    features before the last ReLU ('before-relu'); we score them after it ('after-relu', what
+    the head reads), as the series' final part does: its FIDs are on that scale (`python
+    fid.py` gives 0.28 for the test digits after the ReLU, where its final part has 0.30;
+    `python fid.py --features before-relu` gives 11.42)."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
-    if device.type == 'cpu':  # convolutions run faster with a pixel's channels side by side
-        model.to(memory_format=torch.channels_last)
     f, probs = [], []
     for xb in x.split(batch_size):
-        fb, logits = model.features(xb.to(device), after_relu)       # (B, D), (B, 10)
-        f.append(fb.float().cpu())
-        probs.append(logits.float().softmax(1).cpu())
-    return torch.cat(f), torch.cat(probs)                            # (N, D), (N, 10)
+        before, after = model.features(xb.to(device))                 # (B, D) each
+        f.append({'before-relu': before, 'after-relu': after}[features])
+        probs.append(model.head(after).softmax(1))                    # (B, 10)
+    return torch.cat(f).float(), torch.cat(probs).float()             # (N, D), (N, 10)
 
 def mean_cov(f):
     """Mean (D,) and unbiased covariance (D, D) of features f (N, D), as float64 numpy arrays
@@ -55,7 +53,7 @@ def mean_cov(f):
     f = torch.as_tensor(f).double()
     mu = f.mean(0)                                                    # (D,)
     c = f - mu                                                        # (N, D) centred
-    return mu.numpy(), (c.T @ c / (len(f) - 1)).numpy()               # (D,), (D, D)
+    return mu.cpu().numpy(), (c.T @ c / (len(f) - 1)).cpu().numpy()   # (D,), (D, D)
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
@@ -83,27 +81,61 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10                     # fewer per digit: ten KIDs must stay fast
 
-def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with k(a, b) = (a.b / d + 1)^3: the mean
-    of k over the pairs i != j within x, plus the same within y, minus twice the mean across."""
-    d, m, n = x.shape[1], len(x), len(y)
-    k = lambda a, b: (a @ b.T).div_(d).add_(1).pow_(3)                # (len(a), len(b))
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-            + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean()).item()
+def polynomial_kernel(a, b):
+    """k(a, b) = (a.b / d + 1)^3 for every row of a (m, d) with every row of b (n, d): (m, n)."""
+    return (a @ b.T).div_(a.shape[1]).add_(1).pow_(3)
 
-def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """KID (Bińkowski et al. 2018, arXiv:1801.01401) of features f1 (N1, D) and f2 (N2, D):
-    (mean, standard deviation, m) of mmd2_unbiased over `subsets` seeded random subsets of
-    m = min(subset_size, N1, N2) rows a side. Unbiased: centred on 0 (so sometimes below it)
-    for one distribution at every N (only its spread grows as N shrinks), so it serves for a
-    few hundred samples too. In float64: before-relu features' kernel values reach 1e10, too much
-    for float32 sums."""
-    m = min(subset_size, len(f1), len(f2))
+def within_mean(x):
+    """The mean of k(x_i, x_j) over the pairs i != j of the rows of x (m, d). The kernel is
+    float32 and summed in float64: exact to 1e-7 of KID's spread, also before the last ReLU,
+    where its values reach 1e9."""
+    k = polynomial_kernel(x, x)                                       # (m, m)
+    off_diagonal = k.sum(dtype=torch.float64) - k.diagonal().sum(dtype=torch.float64)
+    return off_diagonal.item() / (len(x) * (len(x) - 1))
+
+def mmd2_unbiased(x, y):
+    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with the polynomial kernel: the mean of k
+    over the pairs i != j within x, plus the same within y, minus twice the mean across."""
+    across = polynomial_kernel(x, y).mean(dtype=torch.float64).item()
+    return within_mean(x) + within_mean(y) - 2 * across
+
+def kid_subsets(n, m, subsets, seed):
+    """(subsets, m): for each subset, m of n row indices, drawn by a generator seeded seed."""
     g = torch.Generator().manual_seed(seed)
-    values = np.array([mmd2_unbiased(f1[torch.randperm(len(f1), generator=g)[:m]].double(),
-                                     f2[torch.randperm(len(f2), generator=g)[:m]].double())
-                       for _ in range(subsets)])
+    return torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(subsets)])
+
+def real_subset_means(f_real, m, subsets=KID_SUBSETS, seed=0):
+    """within_mean() of each real subset of kernel_inception_distance: (subsets,) float64."""
+    return np.array([within_mean(f_real[i]) for i in kid_subsets(len(f_real), m, subsets, seed)])
+
+def kernel_inception_distance(f_gen, f_real, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
+                              seed=0, real_means=None):
+    """KID (Bińkowski et al. 2018, arXiv:1801.01401) of features f_gen (N, D) against f_real
+    (M, D): (mean, standard deviation, m) of mmd2_unbiased over `subsets` random subsets of
+    m = min(subset_size, N, M) rows a side. Unbiased: centred on 0 (so sometimes below it) for
+    one distribution at every N (only its spread grows as N shrinks), so it serves for a few
+    hundred samples too. The real subsets are drawn by kid_subsets(M, m, subsets, seed), the
+    samples' by kid_subsets(N, m, subsets, seed + 1): the real ones are the same whatever the
+    samples, so their means within (real_subset_means) can be computed once: real_means, used
+    when m is subset_size."""
+    m = min(subset_size, len(f_gen), len(f_real))
+    real_idx = kid_subsets(len(f_real), m, subsets, seed).to(f_real.device)   # (S, m)
+    if real_means is None or m != subset_size:
+        real_means = real_subset_means(f_real, m, subsets, seed)     # (S,)
+    if m == len(f_gen):
+        # every subset holds every sample: their kernel matrix is the same in each (only its
+        # order changes), and the mean across is the mean, over the subset's real rows, of each
+        # real row's mean kernel value with the samples: one matrix for all subsets
+        gen_means = np.full(subsets, within_mean(f_gen))
+        used, where = real_idx.unique(return_inverse=True)            # (U,), (S, m)
+        row_means = polynomial_kernel(f_gen, f_real[used]).sum(0) / len(f_gen)   # (U,)
+        across = row_means.double()[where].mean(1).cpu().numpy()      # (S,)
+    else:
+        gen_idx = kid_subsets(len(f_gen), m, subsets, seed + 1).to(f_gen.device)   # (S, m)
+        gen_means = np.array([within_mean(f_gen[i]) for i in gen_idx])
+        across = np.array([polynomial_kernel(f_gen[i], f_real[j]).mean(dtype=torch.float64).item()
+                           for i, j in zip(gen_idx, real_idx)])
+    values = gen_means + real_means - 2 * across                      # (S,) MMD^2 of each subset
     return values.mean(), values.std(), m
 
 # -----------------------------------------------------------------------------
@@ -111,13 +143,17 @@ def kernel_inception_distance(f1, f2, subsets=KID_SUBSETS, subset_size=KID_SUBSE
 
 PRECISION_K = 3         # k of the k-NN balls of precision and recall (Kynkäänniemi et al.'s)
 DENSITY_K = 5           # k of density and coverage (Naeem et al.'s)
-MANIFOLD_N = 10_000     # at most this many images a side: the k-NN radii shrink as N grows
+SET_N = 10_000          # KID, precision & co. compare with this many training digits at most,
+                        # and precision & co. take at most this many samples: k-NN radii shrink
+                        # as N grows
 
 def squared_distances(a, b):
-    """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul."""
-    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_(min=0)
+    """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul, which adds
+    |b|^2 as it goes (addmm), then |a|^2 and the clip of rounding below 0, in place."""
+    d2 = torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2)       # |b|^2 - 2 a.b
+    return d2.add_((a * a).sum(1)[:, None]).clamp_(min=0)
 
-def knn_radii2(f, k=PRECISION_K, block=500):
+def knn_radii2(f, k=PRECISION_K, block=1000):
     """Squared distance from each row of f (N, D) to its k-th nearest other row: (N,). With k
     a tuple, one column per k, (N, len(k)), from a single pass over blocks of rows."""
     largest, columns = (max(k), list(k)) if isinstance(k, tuple) else (k, k)
@@ -129,10 +165,11 @@ def knn_radii2(f, k=PRECISION_K, block=500):
         out.append(nearest[:, columns])                               # (B,) or (B, len(k))
     return torch.cat(out)
 
-def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500):
+def manifold_metrics(f_gen, f_real, real_radii2_precision=None, real_radii2_density=None,
+                     block=1000):
     """Precision, recall, density and coverage of features f_gen (N, D) against f_real (M, D),
-    from k-NN balls: a point's ball reaches to its k-th nearest neighbour in its own set
-    (radii2_*: the real balls' squared radii, when already known).
+    from k-NN balls: a point's ball reaches to its k-th nearest neighbour in its own set (the
+    real balls' squared radii for k = PRECISION_K and DENSITY_K may be passed, when known).
     - precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991, k = PRECISION_K): the
       share of generated rows inside the real balls (quality), and of real rows inside the
       generated balls (variety).
@@ -140,19 +177,20 @@ def manifold_metrics(f_gen, f_real, radii2_real=None, radii2_dc=None, block=500)
       1/(k N) sum_j sum_i 1[gen_j in ball_i], about 1 for real samples; coverage = the share
       of real balls holding a sample. Both use only real balls, so outliers can't inflate them.
     """
-    if radii2_real is None:
-        radii2_real, radii2_dc = knn_radii2(f_real, (PRECISION_K, DENSITY_K), block).unbind(1)
-    radii2_gen = knn_radii2(f_gen, PRECISION_K, block)                # (N,)
+    if real_radii2_precision is None:
+        real_radii2_precision, real_radii2_density = knn_radii2(
+            f_real, (PRECISION_K, DENSITY_K), block).unbind(1)        # (M,) each
+    gen_radii2 = knn_radii2(f_gen, PRECISION_K, block)                # (N,)
     gen_inside, balls_holding = 0, 0
-    real_covered = torch.zeros(len(f_real), dtype=torch.bool)         # (M,) in a generated ball
-    real_hit = torch.zeros(len(f_real), dtype=torch.bool)             # (M,) its ball holds one
+    real_covered = torch.zeros(len(f_real), dtype=torch.bool, device=f_real.device)   # (M,)
+    real_hit = torch.zeros_like(real_covered)                         # (M,) its ball holds one
     for i in range(0, len(f_gen), block):
         d2 = squared_distances(f_gen[i:i + block], f_real)            # (B, M)
-        gen_inside += (d2 <= radii2_real[None, :]).any(1).sum().item()
-        real_covered |= (d2 <= radii2_gen[i:i + block, None]).any(0)
-        in_dc = d2 <= radii2_dc[None, :]                              # (B, M)
-        balls_holding += torch.count_nonzero(in_dc).item()
-        real_hit |= in_dc.any(0)
+        gen_inside += (d2 <= real_radii2_precision[None, :]).any(1).sum().item()
+        real_covered |= (d2 <= gen_radii2[i:i + block, None]).any(0)  # in a generated ball
+        in_density_ball = d2 <= real_radii2_density[None, :]          # (B, M)
+        balls_holding += torch.count_nonzero(in_density_ball).item()
+        real_hit |= in_density_ball.any(0)
     N = len(f_gen)
     return (gen_inside / N, real_covered.double().mean().item(),
             balls_holding / (DENSITY_K * N), real_hit.double().mean().item())
@@ -188,41 +226,43 @@ def recentre(x):
     """Move each image x (N, 32, 32) by whole pixels so that its centre of mass lands on
     pixel (16, 16), where MNIST's makers centred every digit: a shifted copy is moved back."""
     N, H, W = x.shape
-    r = torch.arange(H, dtype=x.dtype)                                # (32,) pixel coordinates
+    rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)   # (32,)
     mass = x.sum((1, 2)).clamp(min=1e-12)                             # (N,) 0 for a blank image
-    cy, cx = (x.sum(2) * r).sum(1) / mass, (x.sum(1) * r).sum(1) / mass   # (N,) centres
+    cy, cx = (x.sum(2) * rows).sum(1) / mass, (x.sum(1) * cols).sum(1) / mass   # (N,) centres
     dy, dx = torch.floor(H / 2 - cy + 0.5).long(), torch.floor(W / 2 - cx + 0.5).long()
     # row i of the result is row i - dy of the image (wrapping round, which for MNIST's blank
     # margins moves nothing but background)
-    rows = (torch.arange(H) - dy[:, None]) % H                        # (N, 32)
-    cols = (torch.arange(W) - dx[:, None]) % W                        # (N, 32)
-    x = x.gather(1, rows[:, :, None].expand(N, H, W))
-    return x.gather(2, cols[:, None, :].expand(N, H, W))
+    x = x.gather(1, ((rows - dy[:, None]) % H)[:, :, None].expand(N, H, W))
+    return x.gather(2, ((cols - dx[:, None]) % W)[:, None, :].expand(N, H, W))
 
-def nearest_two(x, index, block=250, chunk=4096):
+def nearest_two(x, index, block=500, chunk=4096):
     """For images x (N, 1, 32, 32): the ratio d1 / d2 (N,) of the distances to the nearest and
     second-nearest re-centred training digit, d1 (N,), and the index j (N,) of the nearest.
     A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (an
     exact copy is at distance 0 there too, as a projection never lengthens a distance; a near
     copy's original is almost always among them); the exact distances on all pixels pick."""
-    z, zz = index['z'], (index['z'] ** 2).sum(1)                      # (M, D), (M,)
-    K = min(COPY_CANDIDATES, len(z))
-    ratio, d1 = torch.empty(len(x)), torch.empty(len(x))              # (N,) each
-    j = torch.empty(len(x), dtype=torch.long)                         # (N,)
+    # |xc - c|^2 - |xc|^2 = [xc, 1] . [-2 c, |c|^2] for coordinates xc of an image and c of a
+    # training digit: one matrix product ranks the training digits by distance
+    coords = index['coords']                                          # (M, D) training digits
+    coords_aug = torch.cat([-2 * coords, (coords ** 2).sum(1, keepdim=True)], 1)   # (M, D + 1)
+    K = min(COPY_CANDIDATES, len(coords))
+    ratio, d1 = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
+    j = torch.empty(len(x), dtype=torch.long, device=x.device)        # (N,)
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
-        zb = (xb - index['mean']) @ index['axes']                     # (B, D)
+        xb_coords = (xb - index['mean']) @ index['axes']              # (B, D)
+        xb_aug = torch.cat([xb_coords, torch.ones_like(xb_coords[:, :1])], 1)   # (B, D + 1)
         # the coarse search, a chunk of training digits at a time: the K nearest of each chunk
         vals, idx = [], []
-        for m in range(0, len(z), chunk):   # (B, chunk): |zb - z|^2 - |zb|^2
-            coarse = torch.addmm(zz[None, m:m + chunk], zb, z[m:m + chunk].T, alpha=-2)
+        for m in range(0, len(coords), chunk):
+            coarse = xb_aug @ coords_aug[m:m + chunk].T               # (B, chunk)
             v, c = coarse.topk(min(K, coarse.shape[1]), 1, largest=False)
             vals.append(v)
             idx.append(c + m)
         vals, idx = torch.cat(vals, 1), torch.cat(idx, 1)             # (B, K x chunks)
         cand = idx.gather(1, vals.topk(K, 1, largest=False).indices)  # (B, K) the K nearest
-        t = index['train'][cand].float() / 255                        # (B, K, 1024)
-        exact, order = ((t - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K) ascending
+        cand_pixels = index['train'][cand].float() / 255              # (B, K, 1024)
+        exact, order = ((cand_pixels - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K)
         d1[i:i + block] = exact[:, 0]
         ratio[i:i + block] = torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0)
         j[i:i + block] = cand.gather(1, order[:, :1])[:, 0]
@@ -231,16 +271,16 @@ def nearest_two(x, index, block=250, chunk=4096):
 def copy_index(x_train, x_val):
     """What copies() needs of training digits x_train (M, 1, 32, 32): the re-centred digits
     as uint8 (M, 1024) (exact: MNIST pixels are multiples of 1/255), the mean and the first
-    COPY_DIMS principal axes of their pixels, each digit's coordinates on those axes; and tau,
-    the ratio at or below which COPY_RATE of the test digits x_val (new digits) fall."""
+    COPY_DIMS principal axes of their pixels, each digit's coordinates on those axes; and the
+    threshold: the ratio at or below which COPY_RATE of the test digits x_val (new digits) fall."""
     t = recentre(x_train[:, 0]).flatten(1)                            # (M, 1024)
     mean = t.mean(0)                                                  # (1024,)
     c = (t - mean).double()
     axes = torch.linalg.eigh(c.T @ c / len(t))[1][:, -COPY_DIMS:].flip(1).float()   # (1024, D)
     index = {'train': (t * 255).round().to(torch.uint8), 'mean': mean, 'axes': axes,
-             'z': (t - mean) @ axes}
+             'coords': (t - mean) @ axes}
     ratio = nearest_two(x_val, index)[0].sort().values                # (N_val,)
-    index['tau'] = ratio[math.ceil(COPY_RATE * len(ratio)) - 1]
+    index['threshold'] = ratio[math.ceil(COPY_RATE * len(ratio)) - 1]
     return index
 
 def copies(x, index):
@@ -254,64 +294,76 @@ def copies(x, index):
     other metrics reward copies: a copier beats real new digits on nearly every one of them."""
     ratio, d1, j = nearest_two(x, index)
     per_sample = {'copy_ratio': ratio, 'copy_distance': d1, 'nearest_train': j}
-    return (ratio <= index['tau']).double().mean().item(), per_sample
+    return (ratio <= index['threshold']).double().mean().item(), per_sample
 
 # -----------------------------------------------------------------------------
-# the report card: real_side() describes the real digits, report() scores images against it
+# the report card: real_stats() describes the real digits, report() scores images against them
 
-PRESENT = 0.01          # a digit is present when at least 1% of the samples are that digit
+PRESENT_SHARE = 0.01    # a digit is present when at least 1% of the samples are that digit
+TRUSTED_ACCURACY = 0.95 # a classifier below this test accuracy is a poor yardstick: a warning
 # The series' final part, with its own classifier of this network, reports an FID of 0.30 for
 # the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
 # noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
 # they agree roughly, not exactly. Another classifier scores the same images differently, so
 # every report names its yardstick: the classifier (model.classifier_id), the features and N.
-# Compare numbers exactly only under one yardstick.
+# Compare numbers exactly only under one yardstick: the shared classifier's (model.SHARED_ID).
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
-FEATURES = {True: 'after-relu', False: 'before-relu'}  # the name of each choice of features
 
-def real_side(f, pred, seed=0):
-    """The real side of a report, from the real digits' features f (M, D) and predicted digits
-    (M,): their mean and covariance, and a seeded random subset of at most MANIFOLD_N rows
-    with their squared k-NN radii (for k = PRECISION_K and k = DENSITY_K)."""
+def real_stats(f, pred, seed=0):
+    """What a report needs of the real digits, from their features f (M, D) and predicted digits
+    (M,): their mean and covariance (the FID's), and `subset`, the indices of a seeded random
+    SET_N of them, which KID and precision & co. compare with, with the subset's squared k-NN
+    radii (for k = PRECISION_K and DENSITY_K) and KID's real_subset_means (if it is that big)."""
     mu, sigma = mean_cov(f)
-    idx = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]
-    radii2 = radii2_dc = None
-    if len(idx) > DENSITY_K:  # with k or fewer, there is no k-th neighbour
-        radii2, radii2_dc = knn_radii2(f[idx], (PRECISION_K, DENSITY_K)).unbind(1)   # (M,) each
-    return dict(f=f, pred=pred, mu=mu, sigma=sigma, idx=idx, radii2=radii2, radii2_dc=radii2_dc)
+    subset = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:SET_N]
+    stats = dict(f=f, pred=pred, mu=mu, sigma=sigma, subset=subset)
+    if len(subset) > DENSITY_K:  # with k or fewer, there is no k-th neighbour
+        radii2 = knn_radii2(f[subset], (PRECISION_K, DENSITY_K))      # (M, 2)
+        stats['radii2_precision'], stats['radii2_density'] = radii2.unbind(1)
+    if len(subset) >= KID_SUBSET_SIZE:
+        stats['kid_real_means'] = real_subset_means(f[subset], KID_SUBSET_SIZE, KID_SUBSETS, seed)
+    return stats
 
 def metrics(f, probs, real, seed=0):
     """Every metric but copies of generated features f (N, D) and digit probabilities (N, 10)
-    against a real_side(); a dict, with 'warnings' for numbers made from too few images."""
+    against a real_stats(); a dict, with the seconds of each part, and 'warnings' for numbers
+    made from too few images."""
     N, D = f.shape
-    r = {'n': N, 'n_real': len(real['f']), 'warnings': []}
+    r = {'n': N, 'n_real': len(real['f']), 'warnings': [], 'seconds': {}}
+    lap = stopwatch()
     if N < D:
         r['warnings'].append(f'only {N} images, fewer than the {D} features: the covariance is '
                              f'rank-deficient and the FID biased upwards; quote FIDs at 10,000')
     r['mu'], r['sigma'] = mean_cov(f)                                 # (D,), (D, D)
     # the FID; real['mu'] and real['sigma'] are mean_cov() of the training digits' features
     r['fid'] = frechet_distance(r['mu'], r['sigma'], real['mu'], real['sigma'])
-    r['kid'], r['kid_std'], r['kid_subset'] = kernel_inception_distance(f, real['f'], seed=seed)
+    r['seconds']['FID'] = lap()
+    # KID and precision & co. against the real subset
+    f_real = real['f'][real['subset']]                                # (min(M, SET_N), D)
+    r['kid'], r['kid_std'], r['kid_subset'] = kernel_inception_distance(
+        f, f_real, KID_SUBSETS, KID_SUBSET_SIZE, seed, real.get('kid_real_means'))
     if r['kid_subset'] < KID_SUBSET_SIZE:
         r['warnings'].append(f'KID on subsets of {r["kid_subset"]}, not {KID_SUBSET_SIZE}: noisier')
-    # precision, recall, density and coverage on at most MANIFOLD_N samples (a seeded subset)
-    f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:MANIFOLD_N]]
-    r['pr_n'], r['pr_n_real'] = len(f_pr), len(real['idx'])
+    r['seconds']['KID'] = lap()
+    # precision, recall, density and coverage on at most SET_N samples (a seeded subset)
+    f_pr = f[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:SET_N]]
+    r['pr_n'], r['pr_n_real'] = len(f_pr), len(f_real)
     keys = ('precision', 'recall', 'density', 'coverage')
-    if min(len(f_pr), len(real['idx'])) > DENSITY_K:
-        r.update(zip(keys, manifold_metrics(f_pr, real['f'][real['idx']], real['radii2'],
-                                            real['radii2_dc'])))
+    if min(len(f_pr), len(f_real)) > DENSITY_K:
+        r.update(zip(keys, manifold_metrics(f_pr, f_real, real['radii2_precision'],
+                                            real['radii2_density'])))
     else:
         r.update(dict.fromkeys(keys, math.nan))
         r['warnings'].append(f'precision, recall, density and coverage need more than '
                              f'{DENSITY_K} images a side')
-    # the digits: which ones, how sure, and KID within each digit
+    r['seconds']['precision & co.'] = lap()
+    # the digits: which ones, how sure, and KID within each digit (against all real digits)
     pred = probs.argmax(1)                                            # (N,)
     shares, real_shares = digit_shares(pred), digit_shares(real['pred'])   # (10,) each
     r['classifier_score'] = classifier_score(probs)
     r['per_sample'] = {'pred': pred, 'confidence': probs.max(1).values}    # (N,) each
     r['confidence'] = r['per_sample']['confidence'].double().mean().item()
-    r['digits_present'] = int((shares >= PRESENT).sum())
+    r['digits_present'] = int((shares >= PRESENT_SHARE).sum())
     r['digit_kl'] = kl_divergence(shares, real_shares)
     r['digits'] = []
     for d in range(10):
@@ -321,52 +373,80 @@ def metrics(f, probs, real, seed=0):
                if min(len(fg), len(fr)) >= 2 else math.nan)
         r['digits'].append({'digit': d, 'n': len(fg), 'share': shares[d].item(), 'kid': kid,
                             'real_share': real_shares[d].item(), 'confidence': confidence})
+    r['seconds']['digits'] = lap()
     return r
 
-def report(model, x, real, after_relu=True, batch_size=1000, seed=0):
-    """The report card of images x (N, 1, 32, 32) in [0, 1] against a real_side(): a dict of
-    every metric, the per-sample results and the yardstick; copies too when real holds a copy
-    index (training_side()'s does)."""
-    t0 = time.perf_counter()
-    f, probs = embed(model, x, after_relu, batch_size)                # (N, D), (N, 10)
-    r = metrics(f, probs, real, seed)
-    r['copies'] = r['copy_tau'] = None
+def report(model, x, real, features='after-relu', batch_size=1000, seed=0):
+    """The report card of images x (N, 1, 32, 32) in [0, 1] against a real_stats(): a dict of
+    every metric, the per-sample results (on the CPU), the yardstick and the seconds of each
+    part; copies too when real holds a copy index (training_stats()'s does)."""
+    lap, device = stopwatch(), metric_device(model)
+    f, probs = embed(model, x, features, batch_size)                  # (N, D), (N, 10)
+    seconds = {'features': lap()}
+    r = metrics(f.to(device), probs.to(device), real, seed)
+    r['seconds'] = {**seconds, **r['seconds']}
+    lap()                                             # metrics timed its own parts
+    r['copies'] = r['copy_threshold'] = None
     if 'copy' in real:
-        r['copies'], per_sample = copies(x, real['copy'])
+        r['copies'], per_sample = copies(x.to(device), real['copy'])
         r['per_sample'].update(per_sample)
-        r['copy_tau'] = real['copy']['tau'].item()
-    r.update(classifier=classifier_id(model), features=FEATURES[after_relu],
-             seconds=time.perf_counter() - t0)
+        r['copy_threshold'] = real['copy']['threshold'].item()
+        r['seconds']['copies'] = lap()
+    r['per_sample'] = {k: v.cpu() for k, v in r['per_sample'].items()}
+    r.update(classifier=classifier_id(model), features=features, device=str(device),
+             test_accuracy=real.get('test_accuracy'))
+    if r['test_accuracy'] is not None and r['test_accuracy'] < TRUSTED_ACCURACY:
+        r['warnings'].append(f'classifier {r["classifier"]} classifies only '
+                             f'{r["test_accuracy"]:.1%} of the test digits right: a barely '
+                             f'trained yardstick, whose numbers say little')
     return r
 
-def score(images, checkpoint='out/classifier.pt', features='after-relu', data_dir='data',
-          out_dir='out', device='auto', seed=0, batch_size=1000):
+def score(images, checkpoint=None, features='after-relu', data_dir='data', out_dir='out',
+          device='auto', seed=0, batch_size=1000):
     """The report card of generated digits (numpy or torch, any layout to_model_input takes)
-    against the 60,000 training digits, in one call: the numbers `python fid.py` prints."""
+    against the 60,000 training digits, in one call: the numbers `python fid.py` prints.
+    checkpoint None: model.default_checkpoint(), the shared classifier unless you trained one."""
     model, _ = load_classifier(checkpoint, get_device(device))
-    after_relu = {name: b for b, name in FEATURES.items()}[features]   # KeyError if unknown
-    real = training_side(model, after_relu, seed, data_dir, out_dir, batch_size)
-    return report(model, to_model_input(images), real, after_relu, batch_size, seed)
+    real = training_stats(model, features, seed, data_dir, out_dir, batch_size)
+    return report(model, to_model_input(images), real, features, batch_size, seed)
 
-def training_side(model, after_relu=True, seed=0, data_dir='data', out_dir='out', batch_size=1000):
-    """The real side of every report: real_side() of the 60,000 training digits, with their
-    copy_index() as 'copy'. Both are computed once and cached in out_dir: the features in
-    train_features_{after,before}-relu.npz (made again for another classifier), the copy
-    index, which needs no classifier, in train_copies.npz."""
-    features = FEATURES[after_relu]
-    def train_features():
-        f, probs = embed(model, load_mnist(data_dir)[0][:, None], after_relu, batch_size)
-        return {'f': f.numpy(), 'pred': probs.argmax(1).numpy()}
-    def train_copies():
+def training_stats(model, features='after-relu', seed=0, data_dir='data', out_dir='out',
+                   batch_size=1000):
+    """The real side of every report, on metric_device(model): real_stats() of the 60,000
+    training digits, the classifier's accuracy on the test digits, and their copy_index() as
+    'copy'. Computed once and cached in out_dir: the first two in train_stats_{features}.npz
+    (made again for another classifier or seed), the copy index, which needs no classifier, in
+    train_copy_index.npz."""
+    def build_stats():
+        x_train, _, x_val, y_val = load_mnist(data_dir)
+        f, probs = embed(model, x_train[:, None], features, batch_size)   # (60000, D), (60000, 10)
+        stats = real_stats(f.cpu(), probs.argmax(1).cpu(), seed)
+        pred_val = embed(model, x_val[:, None], features, batch_size)[1].argmax(1).cpu()
+        stats['test_accuracy'] = (pred_val == y_val).double().mean()
+        return {k: np.asarray(v) for k, v in stats.items()}
+    def build_copies():
         x_train, _, x_val, _ = load_mnist(data_dir)
         return {k: v.numpy() for k, v in copy_index(x_train[:, None], x_val[:, None]).items()}
-    z = cached(Path(out_dir) / f'train_features_{features}.npz', train_features,
-               classifier=classifier_id(model))
-    c = cached(Path(out_dir) / 'train_copies.npz', train_copies, dims=COPY_DIMS,
+    device = metric_device(model)
+    constants = repr((SET_N, PRECISION_K, DENSITY_K, KID_SUBSETS, KID_SUBSET_SIZE))
+    stats = cached(Path(out_dir) / f'train_stats_{features}.npz', build_stats,
+                   classifier=classifier_id(model), seed=seed, constants=constants)
+    c = cached(Path(out_dir) / 'train_copy_index.npz', build_copies, dims=COPY_DIMS,
                candidates=COPY_CANDIDATES, rate=COPY_RATE)
-    real = real_side(torch.from_numpy(z['f']), torch.from_numpy(z['pred']), seed)
-    real['copy'] = {k: torch.from_numpy(c[k]) for k in ('train', 'mean', 'axes', 'z', 'tau')}
+    real = {k: torch.from_numpy(v).to(device) for k, v in stats.items()
+            if k in ('f', 'pred', 'subset', 'radii2_precision', 'radii2_density')}
+    real.update({k: stats[k] for k in ('mu', 'sigma', 'kid_real_means') if k in stats})
+    real['test_accuracy'] = stats['test_accuracy'].item()
+    real['copy'] = {k: torch.from_numpy(c[k]).to(device)
+                    for k in ('train', 'mean', 'axes', 'coords', 'threshold')}
     return real
+
+def yardstick(classifier, test_accuracy, features, D):
+    """The card's line that says what its numbers can be compared with."""
+    shared = ('the shared yardstick' if classifier == SHARED_ID else
+              f'not the shared yardstick {SHARED_ID}: compare only with its own numbers')
+    return (f'yardstick: classifier {classifier} ({shared}; test accuracy {test_accuracy:.2%}) | '
+            f'features {features} ({D})')
 
 def print_report(r, name):
     final = SERIES_FID['validation set vs train']
@@ -387,29 +467,31 @@ def print_report(r, name):
     if r['copies'] is not None:
         print(f'  copies            {r["copies"]:10.1%}   samples nearer a training digit than '
               f'{COPY_RATE:.0%} of the test digits are (nearest / second-nearest distance <= '
-              f'{r["copy_tau"]:.3f})')
+              f'{r["copy_threshold"]:.3f})')
     print(f'  classifier score  {r["classifier_score"]:10.2f}   of 10: confident and varied digits')
-    print(f'  digits present    {r["digits_present"]:7d}/10   (at least {PRESENT:.0%} of the '
-          f'samples each) | digit mix KL {r["digit_kl"]:.4f} | mean confidence '
+    print(f'  digits present    {r["digits_present"]:7d}/10   (at least {PRESENT_SHARE:.0%} of '
+          f'the samples each) | digit mix KL {r["digit_kl"]:.4f} | mean confidence '
           f'{r["confidence"]:.3f}')
     print('\n  digit |  share | real share | confidence | KID')
     for d in r['digits']:
         print(f'  {d["digit"]:5d} | {d["share"]:6.1%} | {d["real_share"]:10.1%} | '
               f'{d["confidence"]:10.3f} | {d["kid"]:.4g}')
-    print(f'\nyardstick: classifier {r["classifier"]} | features {r["features"]} '
-          f'({len(r["mu"])}) | N {r["n"]:,} vs {r["n_real"]:,} (KID subsets of '
-          f'{r["kid_subset"]:,}; precision/recall {r["pr_n"]:,} vs {r["pr_n_real"]:,}, '
-          f'k = {PRECISION_K}; density/coverage k = {DENSITY_K})')
+    print(f'\n{yardstick(r["classifier"], r["test_accuracy"], r["features"], len(r["mu"]))} | '
+          f'N {r["n"]:,} vs {r["n_real"]:,} (KID subsets of {r["kid_subset"]:,} against '
+          f'{r["pr_n_real"]:,}; precision/recall {r["pr_n"]:,} vs {r["pr_n_real"]:,}, k = '
+          f'{PRECISION_K}; density/coverage k = {DENSITY_K})')
     for w in r['warnings']:
         print(f'warning: {w}', file=sys.stderr)
+    print(f'scored in {sum(r["seconds"].values()):.2f} s on {r["device"]}: '
+          + ' | '.join(f'{part} {s:.2f}' for part, s in r['seconds'].items()))
 
 def plot_copies(x, r, index, path, n=24, per_row=4):
     """The n most copy-like samples (smallest distance ratio first), each re-centred beside
     the training digit nearest to it, labelled with the ratio r and the distance d."""
     s = r['per_sample']
     order = s['copy_ratio'].argsort()[:n]                             # (n,)
-    train = index['train'][s['nearest_train'][order]].view(-1, 32, 32) / 255
-    pairs = torch.stack([recentre(x[order, 0]), train], 1)            # (n, 2, 32, 32)
+    train = index['train'][s['nearest_train'][order]].cpu().view(-1, 32, 32) / 255
+    pairs = torch.stack([recentre(x[order, 0].cpu()), train], 1)      # (n, 2, 32, 32)
     tiles = np.full((math.ceil(n / per_row) * per_row, 2, 32, 32), np.nan)   # NaN: white
     tiles[:len(order)] = pairs.numpy()
     labels = [[f'r {s["copy_ratio"][i]:.2f}', f'd {s["copy_distance"][i]:.1f}']
@@ -418,7 +500,7 @@ def plot_copies(x, r, index, path, n=24, per_row=4):
     plot_tiles(tiles.reshape(rows, 2 * per_row, 32, 32), path,
                f'{r["copies"]:.1%} copies: the most copy-like samples beside their nearest '
                f'training digit\n(r = nearest / second-nearest distance, a copy at r <= '
-               f'{r["copy_tau"]:.3f}; d = distance)', cols=['sample', 'train'] * per_row,
+               f'{r["copy_threshold"]:.3f}; d = distance)', cols=['sample', 'train'] * per_row,
                labels=[sum(labels[k * per_row:(k + 1) * per_row], []) for k in range(rows)])
 
 # -----------------------------------------------------------------------------
@@ -431,7 +513,7 @@ def corrupt(x, sigma, g):
     x[..., 2:30, 2:30] = (digit + sigma * torch.randn(digit.shape, generator=g)).clamp(0, 1)
     return x
 
-def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, seed):
+def failure_table(model, real, x_train, x_val, y_val, features, batch_size, seed):
     """One row of the report card for each set of images whose failure we know, all against
     the training set, so that a reader sees what each metric responds to:
     - the test digits: the best a generator can honestly do;
@@ -459,13 +541,13 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
             ('training digits, copied', copied),
             ('training digits moved 1 pixel', copied.roll(1, dims=3)),
             ('half copies, half validation', torch.cat([copied[:half], x_val[half:]]))]
-    print(f'\n| compared ({FEATURES[after_relu]} features) | N | FID | final part | '
+    print(f'\n| compared ({features} features) | N | FID | final part | '
           f'KID | precision | recall | density | coverage | copies | classifier score | '
           f'digits present | digit mix KL |\n|{"---|" * 13}')
     results = {}
     for name, x in rows:
-        r = results[name] = report(model, x, real, after_relu, batch_size, seed)
-        final = SERIES_FID.get(name, '') if after_relu else 'n/a'
+        r = results[name] = report(model, x, real, features, batch_size, seed)
+        final = SERIES_FID.get(name, '') if features == 'after-relu' else 'n/a'
         print(f'| {name} | {r["n"]:,} | {r["fid"]:.2f} | {final} | {r["kid"]:.4g} | '
               f'{r["precision"]:.3f} | {r["recall"]:.3f} | {r["density"]:.3f} | '
               f'{r["coverage"]:.3f} | {r["copies"]:.1%} | {r["classifier_score"]:.2f} | '
@@ -474,22 +556,20 @@ def failure_table(model, real, x_train, x_val, y_val, after_relu, batch_size, se
 
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
-    after_relu = args.features == 'after-relu'
     model, _ = load_classifier(args.checkpoint, args.device)
     print(f'classifier {classifier_id(model)} ({args.checkpoint}): {summary(model)}')
     x = load_images(args.images) if args.images else None             # (N, 1, 32, 32)
-    real = training_side(model, after_relu, args.seed, args.data_dir, args.out_dir,
-                         args.batch_size)
+    real = training_stats(model, args.features, args.seed, args.data_dir, args.out_dir,
+                          args.batch_size)
     if x is None:  # the table of known failures
         x_train, _, x_val, y_val = load_mnist(args.data_dir)
-        failure_table(model, real, x_train[:, None], x_val[:, None], y_val, after_relu,
+        failure_table(model, real, x_train[:, None], x_val[:, None], y_val, args.features,
                       args.batch_size, args.seed)
-        return print(f'\nyardstick: classifier {classifier_id(model)} | features '
-                     f'{args.features} ({len(real["mu"])}) | N as in each row vs '
-                     f'{len(real["f"]):,} training images')
-    r = report(model, x, real, after_relu, args.batch_size, args.seed)
+        line = yardstick(classifier_id(model), real['test_accuracy'], args.features,
+                         len(real['mu']))
+        return print(f'\n{line} | N as in each row vs {len(real["f"]):,} training images')
+    r = report(model, x, real, args.features, args.batch_size, args.seed)
     print_report(r, args.images)
-    print(f'scored in {r["seconds"]:.2f} s on {args.device}')
     path = Path(args.out_dir) / f'{Path(args.images).stem or "samples"}_copies.png'
     plot_copies(x, r, real['copy'], path)
     print(f'wrote {path}')
@@ -510,7 +590,8 @@ def parse_args(argv):
     parser.add_argument('--features', default='after-relu', choices=['before-relu', 'after-relu'],
                         help="before the last ReLU (the blog's) or after it (the series')")
     parser.add_argument('--save-stats', metavar='NPZ', help="also save the images' mu and sigma")
-    parser.add_argument('--checkpoint', default='out/classifier.pt', help='written by train.py')
+    parser.add_argument('--checkpoint', default=default_checkpoint(),
+                        help='yours (train.py writes it) if there, else the shared classifier')
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
     parser.add_argument('--out-dir', default='out', help='folder for the caches and the figure')
     parser.add_argument('--batch-size', type=int, default=1000, help='images per forward pass')
@@ -530,6 +611,8 @@ def parse_args(argv):
 def to_model_input(x, name='the generated digits'):
     """N >= 2 digits of 28x28 or 32x32 pixels, any layout, floats in [0, 1] (1e-6 outside is
     clipped) or uint8, as the classifier's (N, 1, 32, 32) float32; else one ValueError."""
+    if isinstance(x, np.ndarray):  # a writable copy: read-only and memory-mapped arrays too
+        x = np.array(x)
     x = torch.as_tensor(x)
     pixels = x.shape[1:].numel() if x.ndim >= 2 else 0
     if pixels not in (784, 1024) or len(x) < 2:
@@ -567,18 +650,40 @@ def load_images(path):
         raise ValueError(f'{path}: expected a .npy or .pt file, or a folder of PNG images')
     return to_model_input(x, path)
 
-# the caches of training_side
+# the caches of training_stats, where the metrics run, and the stopwatch of the card's last line
 
 def cached(path, build, **key):
-    """The arrays saved at path if saved with this key (what made them); else build()'s, saved."""
-    if Path(path).exists():
-        with np.load(path) as z:
-            if all(k in z.files and z[k] == v for k, v in key.items()):
-                return dict(z)
+    """The arrays saved at path if saved with this key (what made them); else build()'s, saved.
+    A file read once is kept in memory, so a repeat call (score() every epoch) reads no disk."""
+    mtime = Path(path).stat().st_mtime_ns if Path(path).exists() else None
+    if mtime is not None and IN_MEMORY.get(str(path), (None,))[0] != mtime:
+        with np.load(path) as npz:
+            IN_MEMORY[str(path)] = (mtime, dict(npz))
+    z = IN_MEMORY[str(path)][1] if mtime is not None else {}
+    if z and all(k in z and z[k] == v for k, v in key.items()):
+        return z
     arrays = {**build(), **key}
     write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
     print(f'wrote {path}', file=sys.stderr)
     return arrays
+
+IN_MEMORY = {}  # path: (its modification time, the arrays cached() read from it)
+
+def metric_device(model):
+    """Where the metrics run: the classifier's device, but the CPU for MPS, which has no float64."""
+    device = next(model.parameters()).device
+    return torch.device('cpu') if device.type == 'mps' else device
+
+def stopwatch():
+    """A function that returns the seconds since its last call (the first: since stopwatch())."""
+    last = [time.perf_counter()]
+    def lap():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()                  # the GPU's work done, not only queued
+        now = time.perf_counter()
+        elapsed, last[0] = now - last[0], now
+        return elapsed
+    return lap
 
 if __name__ == '__main__':
     run_script(main)

@@ -7,9 +7,11 @@ the command.
 """
 
 import math
+import re
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import fid
 import model as model_py
 from fid import (classifier_score, copies, copy_index, embed, frechet_distance,
                  kernel_inception_distance, kl_divergence, knn_radii2, manifold_metrics, mean_cov,
-                 metrics, mmd2_unbiased, nearest_two, real_side, recentre, to_model_input)
+                 metrics, mmd2_unbiased, nearest_two, real_stats, recentre, to_model_input)
 from model import classifier_id
 from networks import network, save_model, use_network
 
@@ -56,6 +58,13 @@ def test_frechet_distance_against_the_eigenvalues_of_the_product():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-9)   # symmetric
 
+def test_the_frechet_distance_of_a_set_with_itself_is_0_never_below():
+    # rounding puts 2 tr(sigma) - 2 tr(sqrt(sigma sigma)) about 1e-13 either side of 0
+    for seed in range(20):
+        f = np.random.default_rng(seed).standard_normal((300, 16)).astype(np.float32) * 3 + 1
+        mu, sigma = mean_cov(torch.from_numpy(f))
+        assert 0 <= frechet_distance(mu, sigma, mu, sigma) < 1e-9, seed
+
 def test_frechet_distance_of_singular_covariances_is_finite():
     rng = np.random.default_rng(2)
     s1, s2 = random_cov(8, rng, rank=3), random_cov(8, rng, rank=2)
@@ -73,13 +82,18 @@ def test_mean_cov_equals_numpy_also_with_a_large_mean():
 def test_embed_is_the_model_in_eval_mode_a_batch_at_a_time():
     model = network('blog').train()                   # dropout on: embed switches it off
     x = torch.rand(23, 1, 32, 32)
-    f, probs = embed(model, x, after_relu=True, batch_size=5)   # 5 batches, the last of 3
+    f, probs = embed(model, x, features='after-relu', batch_size=5)   # 5 batches, the last of 3
+    f_before, probs_before = embed(model, x, features='before-relu')
     with torch.no_grad():
-        f_all, logits = model.eval().features(x, after_relu=True)
-    torch.testing.assert_close(f, f_all, rtol=1e-5, atol=1e-6)
+        before, after = model.eval().features(x)
+        logits = model(x)
+    torch.testing.assert_close(f, after, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(f_before, before, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(probs, logits.softmax(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs_before, probs, rtol=1e-5, atol=1e-6)
     assert f.shape == (23, 128) and f.dtype == torch.float32
-    assert not torch.equal(embed(model, x, after_relu=False)[0], f)   # the flag reaches it
+    with pytest.raises(KeyError):
+        embed(model, x, features='after_relu')
 
 # -----------------------------------------------------------------------------
 # KID
@@ -92,6 +106,38 @@ def test_mmd2_equals_a_double_loop_over_all_pairs():
     kyy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     kxy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / (7 * 5)
     assert mmd2_unbiased(x, y) == pytest.approx((kxx + kyy - 2 * kxy).item(), rel=1e-10)
+
+@pytest.mark.parametrize('n_gen, n_real, m', [(40, 90, 60), (40, 90, 30), (90, 40, 60)])
+def test_kid_is_the_mean_mmd2_over_the_subsets_it_documents(n_gen, n_real, m):
+    # brute force: the real rows of each subset from a generator seeded `seed`, the samples'
+    # from one seeded `seed + 1` (every sample in every subset when there are m or fewer)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n_gen, 5, generator=g), torch.randn(n_real, 5, generator=g) * 1.2 + 0.2
+    size, seed, subsets = min(m, n_gen, n_real), 7, 6
+    g_real, g_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    real_rows = [torch.randperm(n_real, generator=g_real)[:size] for _ in range(subsets)]
+    gen_rows = [torch.randperm(n_gen, generator=g_gen)[:size] if size < n_gen else torch.arange(n_gen)
+                for _ in range(subsets)]
+    values = [mmd2_unbiased(a[i].double(), b[j].double()) for i, j in zip(gen_rows, real_rows)]
+    mean, std, size_used = kernel_inception_distance(a, b, subsets, m, seed=seed)
+    assert size_used == size
+    assert mean == pytest.approx(np.mean(values), rel=1e-6, abs=1e-9)
+    assert std == pytest.approx(np.std(values), rel=1e-5, abs=1e-9)
+    # the real side's means, computed once (as real_stats caches them), give the same
+    known = fid.real_subset_means(b, m, subsets, seed)
+    assert kernel_inception_distance(a, b, subsets, m, seed, known) == (mean, std, size_used)
+
+def test_real_stats_caches_the_kid_real_means_kid_would_compute(monkeypatch):
+    monkeypatch.setattr(fid, 'KID_SUBSET_SIZE', 50)
+    monkeypatch.setattr(fid, 'KID_SUBSETS', 8)
+    g = torch.Generator().manual_seed(0)
+    f_real, f = torch.randn(300, 4, generator=g), torch.randn(80, 4, generator=g) + 0.1
+    real = real_stats(f_real, torch.arange(300) % 10, seed=3)
+    pool = f_real[real['subset']]
+    np.testing.assert_array_equal(real['kid_real_means'], fid.real_subset_means(pool, 50, 8, 3))
+    r = metrics(f, torch.full((80, 10), 0.1), real, seed=3)
+    assert r['kid'] == pytest.approx(kernel_inception_distance(f, pool, 8, 50, seed=3)[0],
+                                     rel=1e-12)
 
 def test_kid_subsets_and_what_it_measures():
     g = torch.Generator().manual_seed(0)
@@ -151,6 +197,27 @@ def test_classifier_score_and_digit_mix_closed_forms():
     assert kl_divergence(p, torch.full((10,), 0.1)) == pytest.approx(math.log(5))
     assert kl_divergence(p, p) == 0
 
+def test_classifier_score_takes_the_exponential_of_the_mean_kl():
+    # half the samples sure of a 0, half unsure: p(y) = (0.55, 0.05, ..., 0.05)
+    probs = torch.cat([F.one_hot(torch.zeros(5, dtype=torch.long), 10).float(),
+                       torch.full((5, 10), 0.1)])
+    kl_sure = math.log(1 / 0.55)
+    kl_unsure = 0.1 * math.log(0.1 / 0.55) + 0.9 * math.log(0.1 / 0.05)
+    assert classifier_score(probs) == pytest.approx(math.exp((kl_sure + kl_unsure) / 2))
+
+def test_the_mean_confidence_is_the_most_likely_digits_probability():
+    g = torch.Generator().manual_seed(0)
+    f_real, p_real = digit_features(200, list(range(10)), g)
+    f = torch.randn(60, 4, generator=g)
+    probs = (torch.randn(60, 10, generator=g) * 2).softmax(1)           # unsure, uneven
+    r = metrics(f, probs, real_stats(f_real, p_real.argmax(1)))
+    top = probs.max(1)
+    assert r['confidence'] == pytest.approx(top.values.double().mean().item(), rel=1e-12)
+    for d in range(10):
+        chosen = top.indices == d
+        expected = top.values[chosen].double().mean().item() if chosen.any() else math.nan
+        assert r['digits'][d]['confidence'] == pytest.approx(expected, rel=1e-12, nan_ok=True)
+
 def digit_features(n, digits, g):
     """Features (n, 4) clustered by digit, and their one-hot probabilities."""
     pred = torch.tensor(digits)[torch.randint(0, len(digits), (n,), generator=g)]
@@ -160,7 +227,7 @@ def test_metrics_against_direct_counts():
     g = torch.Generator().manual_seed(0)
     f_real, p_real = digit_features(400, list(range(10)), g)
     f, probs = digit_features(300, [1, 2, 3, 7, 8], g)
-    real = real_side(f_real, p_real.argmax(1))
+    real = real_stats(f_real, p_real.argmax(1))
     r = metrics(f, probs, real)
     pred = probs.argmax(1)
     for d in range(10):
@@ -171,7 +238,7 @@ def test_metrics_against_direct_counts():
     assert r['digits_present'] == 5 and math.isnan(r['digits'][0]['kid'])
     assert not math.isnan(r['digits'][1]['kid'])
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f), *mean_cov(f_real)))
-    assert r['kid'] == kernel_inception_distance(f, f_real)[0]
+    assert r['kid'] == kernel_inception_distance(f, f_real[real['subset']])[0]   # all 400 rows
     four = (r['precision'], r['recall'], r['density'], r['coverage'])
     assert four == pytest.approx(manifold_metrics(f, f_real))
     shares, real_shares = fid.digit_shares(pred), fid.digit_shares(p_real.argmax(1))
@@ -184,30 +251,30 @@ def test_metrics_against_direct_counts():
     tiny = metrics(f[:3], probs[:3], real)                            # fewer than k + 1 images
     assert math.isnan(tiny['precision']) and len(tiny['warnings']) == 3
 
-def test_precision_and_recall_use_a_seeded_random_subset_of_at_most_manifold_n(monkeypatch):
+def test_precision_and_recall_use_a_seeded_random_subset_of_at_most_set_n(monkeypatch):
     # the first 100 of 400 samples lie far away: a random 100 of them has about 3/4 good ones
-    monkeypatch.setattr(fid, 'MANIFOLD_N', 100)
+    monkeypatch.setattr(fid, 'SET_N', 100)
     g = torch.Generator().manual_seed(0)
     f_real = torch.randn(300, 8, generator=g)
     f = torch.cat([torch.randn(100, 8, generator=g) + 100,
                    f_real[torch.randint(0, 300, (300,), generator=g)]])
-    r = metrics(f, torch.full((400, 10), 0.1), real_side(f_real, torch.arange(300) % 10))
+    r = metrics(f, torch.full((400, 10), 0.1), real_stats(f_real, torch.arange(300) % 10))
     assert (r['pr_n'], r['pr_n_real']) == (100, 100) and 0.6 < r['precision'] < 0.9
 
 def test_every_random_subset_of_the_metrics_follows_the_seed(monkeypatch):
-    monkeypatch.setattr(fid, 'MANIFOLD_N', 100)      # fewer rows than the sets: subsets matter
+    monkeypatch.setattr(fid, 'SET_N', 100)      # fewer rows than the sets: subsets matter
     g = torch.Generator().manual_seed(0)
     pred_real, pred = torch.arange(300) % 10, torch.arange(400) % 10
     f_real = torch.randn(300, 4, generator=g) + pred_real[:, None]
     f = torch.randn(400, 4, generator=g) * 1.5 + pred[:, None]
     probs = F.one_hot(pred, 10).float()
     # the real side: the seed picks the subset, whose k-NN radii are those of brute force
-    reals = {s: fid.real_side(f_real, pred_real, seed=s) for s in (1, 2)}
-    assert torch.equal(reals[1]['idx'], fid.real_side(f_real, pred_real, seed=1)['idx'])
-    assert not torch.equal(reals[1]['idx'], reals[2]['idx'])
-    sub = f_real[reals[2]['idx']]
+    reals = {s: fid.real_stats(f_real, pred_real, seed=s) for s in (1, 2)}
+    assert torch.equal(reals[1]['subset'], fid.real_stats(f_real, pred_real, seed=1)['subset'])
+    assert not torch.equal(reals[1]['subset'], reals[2]['subset'])
+    sub = f_real[reals[2]['subset']]
     expected = torch.cdist(sub.double(), sub.double()).sort(1).values[:, 3] ** 2
-    torch.testing.assert_close(reals[2]['radii2'].double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reals[2]['radii2_precision'].double(), expected, rtol=1e-4, atol=1e-5)
     # the generated side, with one real side: precision & co. and each digit's KID
     real = reals[1]
     r = {s: fid.metrics(f, probs, real, seed=s) for s in (1, 2)}
@@ -264,7 +331,7 @@ def memorisers(mnist_data):
 def test_tau_is_the_share_of_the_calibration_digits(memorisers, mnist_data):
     index = memorisers[0]
     ratio = nearest_two(mnist_data[2][:1000, None], index)[0]
-    assert int((ratio <= index['tau']).sum()) == math.ceil(fid.COPY_RATE * 1000)   # 10 of 1,000
+    assert int((ratio <= index['threshold']).sum()) == math.ceil(fid.COPY_RATE * 1000)   # 10 of 1,000
     assert index['train'].dtype == torch.uint8
     assert torch.equal(index['train'].float() / 255, recentre(mnist_data[0][:5000]).flatten(1))
 
@@ -307,7 +374,7 @@ def test_plot_copies_draws_each_sample_beside_its_training_digit(small_index, mo
     index, train, calibration = small_index
     x = torch.cat([train[[5, 9]].roll(1, dims=3), calibration[:6]])   # 2 moved copies, 6 new
     rate, per_sample = fid.copies(x, index)
-    r = {'per_sample': per_sample, 'copies': rate, 'copy_tau': index['tau'].item()}
+    r = {'per_sample': per_sample, 'copies': rate, 'copy_threshold': index['threshold'].item()}
     drawn = {}
     monkeypatch.setattr(fid, 'plot_tiles', lambda tiles, path, title, **k: drawn.update(t=tiles))
     fid.plot_copies(x, r, index, tmp_path / 'c.png', n=4, per_row=2)
@@ -326,6 +393,19 @@ def test_plot_copies_draws_each_sample_beside_its_training_digit(small_index, mo
 def test_every_layout_of_28x28_digits_gives_the_padded_images(shape):
     x = torch.rand(6, 28, 28)
     assert torch.equal(to_model_input(x.reshape(shape)), F.pad(x, (2, 2, 2, 2))[:, None])
+
+def test_read_only_memory_mapped_and_strided_inputs_are_taken_quietly(tmp_path):
+    x = np.random.default_rng(0).random((6, 28, 28), dtype=np.float32)
+    np.save(tmp_path / 'x.npy', x)
+    read_only = x.copy()
+    read_only.setflags(write=False)
+    strided = torch.from_numpy(x.copy()).transpose(1, 2).contiguous().transpose(1, 2)
+    expected = to_model_input(x.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                 # PyTorch's "not writable" would raise
+        for a in (read_only, np.load(tmp_path / 'x.npy', mmap_mode='r'),
+                  np.frombuffer(x.tobytes(), np.float32).reshape(6, 28, 28), strided):
+            assert torch.equal(to_model_input(a), expected)
 
 def test_images_in_shape_are_used_as_they_are_and_uint8_is_scaled():
     x = torch.rand(4, 1, 32, 32)
@@ -393,8 +473,8 @@ def setup(tmp_path, monkeypatch, mnist_data):
     small = mnist_data[0][:600], mnist_data[1][:600], mnist_data[2][:300], mnist_data[3][:300]
     monkeypatch.setattr(fid, 'load_mnist', lambda data_dir: small)
     torch.manual_seed(0)
-    model = model_py.Classifier().eval()
-    save_model(tmp_path / 'c.pt', model)
+    save_model(tmp_path / 'c.pt', model_py.Classifier())
+    model, _ = model_py.load_classifier(tmp_path / 'c.pt')     # as the command loads it
     return tmp_path, model, small
 
 def run(tmp_path, *args):
@@ -402,22 +482,33 @@ def run(tmp_path, *args):
               '--out-dir', str(tmp_path / 'out'), '--device', 'cpu'])
 
 def test_the_report_card(setup, capsys):
-    tmp_path, model, (x_train, _, x_val, _) = setup
+    tmp_path, model, (x_train, _, x_val, y_val) = setup
     np.save(tmp_path / 'gen.npy', x_val[:200, 2:30, 2:30].numpy())   # 28x28, as generators write
     run(tmp_path, tmp_path / 'gen.npy', '--seed', 3, '--save-stats', tmp_path / 's' / 'gen.npz')
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     f, probs = embed(model, x_val[:200, None])
     f_train, p_train = embed(model, x_train[:, None])
-    r = metrics(f, probs, real_side(f_train, p_train.argmax(1), seed=3), seed=3)
+    r = metrics(f, probs, real_stats(f_train, p_train.argmax(1), seed=3), seed=3)
     assert f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians' in out
     assert f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over 100 subsets of 200' \
         in out
     for key in ('precision', 'recall', 'density', 'coverage'):
         assert f'  {key:18s}{r[key]:10.3f}   ' in out
     assert f'  digits present    {r["digits_present"]:7d}/10' in out
-    assert (f'yardstick: classifier {classifier_id(model)} | features after-relu ({f.shape[1]}) | '
-            f'N 200 vs 600 (KID subsets of 200; precision/recall 200 vs 600, k = 3; '
-            f'density/coverage k = 5)') in out
+    accuracy = (embed(model, x_val[:, None])[1].argmax(1) == y_val).double().mean().item()
+    assert (f'yardstick: classifier {classifier_id(model)} (not the shared yardstick '
+            f'{model_py.SHARED_ID}: compare only with its own numbers; test accuracy '
+            f'{accuracy:.2%}) | features after-relu ({f.shape[1]}) | N 200 vs 600 (KID subsets '
+            f'of 200 against 600; precision/recall 200 vs 600, k = 3; density/coverage k = 5)') in out
+    assert (f'warning: classifier {classifier_id(model)} classifies only {accuracy:.1%} of the '
+            f'test digits right: a barely trained yardstick, whose numbers say little') in err
+    lines = out.splitlines()                          # the card's last line: where the time went
+    last = lines[next(i for i, line in enumerate(lines) if line.startswith('yardstick')) + 1]
+    parts = r'features|FID|KID|precision & co\.|digits|copies'
+    assert re.fullmatch(rf'scored in (\d+\.\d\d) s on cpu: ((?:{parts}) \d+\.\d\d \| ){{5}}copies '
+                        r'\d+\.\d\d', last), last
+    total, seconds = float(last.split()[2]), [float(x) for x in re.findall(r' (\d+\.\d\d)', last)[1:]]
+    assert abs(total - sum(seconds)) <= 0.03 and len(set(re.findall(parts, last))) == 6
     assert (tmp_path / 'out' / 'gen_copies.png').read_bytes()[:4] == b'\x89PNG'
     with np.load(tmp_path / 's' / 'gen.npz') as z:
         np.testing.assert_array_equal(z['mu'], r['mu'])
@@ -438,28 +529,49 @@ def test_score_equals_the_command_and_sees_copies(setup, monkeypatch, capsys):
         assert r[key] == printed[key], key
     assert r['features'] == 'before-relu' and r['copies'] == 1.0
     assert torch.equal(r['per_sample']['nearest_train'], torch.arange(200))   # its original
-    f_pre = embed(model, torch.from_numpy(x)[:, None], after_relu=False)[0]
-    f_train = embed(model, x_train[:, None], after_relu=False)[0]
+    f_pre = embed(model, torch.from_numpy(x)[:, None], features='before-relu')[0]
+    f_train = embed(model, x_train[:, None], features='before-relu')[0]
     assert r['fid'] == pytest.approx(frechet_distance(*mean_cov(f_pre), *mean_cov(f_train)))
 
-def test_the_training_side_is_cached_per_classifier_and_features(setup, monkeypatch, capsys):
+def test_score_takes_a_memory_mapped_array_like_a_copy(setup):
+    tmp_path, model, (_, _, x_val, _) = setup
+    np.save(tmp_path / 'gen.npy', x_val[:100].numpy())
+    kw = dict(checkpoint=tmp_path / 'c.pt', out_dir=tmp_path / 'out', device='cpu')
+    copy = fid.score(np.load(tmp_path / 'gen.npy'), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        mapped = fid.score(np.load(tmp_path / 'gen.npy', mmap_mode='r'), **kw)
+    for key in ('fid', 'kid', 'precision', 'recall', 'density', 'coverage', 'copies',
+                'classifier_score', 'confidence'):
+        assert mapped[key] == copy[key], key
+
+def test_the_yardstick_line_says_whether_it_is_the_shared_classifier():
+    shared = fid.yardstick(model_py.SHARED_ID, 0.9903, 'after-relu', 128)
+    assert shared == (f'yardstick: classifier {model_py.SHARED_ID} (the shared yardstick; test '
+                      f'accuracy 99.03%) | features after-relu (128)')
+    assert 'not the shared yardstick' in fid.yardstick('0123456789ab', 0.9903, 'after-relu', 128)
+
+def test_the_training_stats_is_cached_per_classifier_and_features(setup, monkeypatch, capsys):
     tmp_path, model, _ = setup
     out = tmp_path / 'out'
     embedded = []
     real_embed = fid.embed
     monkeypatch.setattr(fid, 'embed', lambda *a, **k: (embedded.append(1), real_embed(*a, **k))[1])
-    a = fid.training_side(model, out_dir=out)
-    b = fid.training_side(model, out_dir=out)         # from the cache: the same numbers
-    assert len(embedded) == 1 and torch.equal(a['f'], b['f']) and torch.equal(a['pred'], b['pred'])
+    a = fid.training_stats(model, out_dir=out)        # embeds the training and the test digits
+    b = fid.training_stats(model, out_dir=out)         # from the cache: the same numbers
+    assert len(embedded) == 2 and a.keys() == b.keys() and a['copy'].keys() == b['copy'].keys()
+    for k in a:
+        assert k == 'copy' or np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
     assert all(torch.equal(a['copy'][k], b['copy'][k]) for k in a['copy'])
-    fid.training_side(model, after_relu=False, out_dir=out)            # its own file
+    fid.training_stats(model, features='before-relu', out_dir=out)    # its own file
     other = network('blog', seed=1)
-    other.layers = model_py.Classifier().layers
-    c = fid.training_side(other, out_dir=out)                          # another classifier: anew
-    assert len(embedded) == 3 and not torch.equal(c['f'], a['f'])
+    c = fid.training_stats(other, out_dir=out)                        # another classifier: anew
+    assert len(embedded) == 6 and not torch.equal(c['f'], a['f'])
+    fid.training_stats(other, seed=1, out_dir=out)                    # another seed: anew
+    assert len(embedded) == 8
     assert sorted(p.name for p in out.iterdir()) == [
-        'train_copies.npz', 'train_features_after-relu.npz', 'train_features_before-relu.npz']
-    assert capsys.readouterr().err.count('wrote') == 4                 # the copy index once
+        'train_copy_index.npz', 'train_stats_after-relu.npz', 'train_stats_before-relu.npz']
+    assert capsys.readouterr().err.count('wrote') == 5                 # the copy index once
 
 def test_the_table_of_known_failures(setup, capsys, monkeypatch):
     tmp_path, model, _ = setup
@@ -541,5 +653,5 @@ def test_the_command_writes_its_caches_into_out_dir_only(tmp_path, monkeypatch):
     fid.main([str(tmp_path / 'gen.npy'), '--checkpoint', str(tmp_path / 'c.pt'),
               '--out-dir', str(tmp_path / 'o'), '--device', 'cpu'])
     assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == [
-        'gen_copies.png', 'train_copies.npz', 'train_features_after-relu.npz']
+        'gen_copies.png', 'train_copy_index.npz', 'train_stats_after-relu.npz']
     assert list((tmp_path / 'cwd').iterdir()) == []
