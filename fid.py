@@ -86,18 +86,11 @@ def polynomial_kernel(a, b):
     return (a @ b.T).div_(a.shape[1]).add_(1).pow_(3)
 
 def within_mean(x):
-    """The mean of k(x_i, x_j) over the pairs i != j of the rows of x (m, d). The kernel is
-    float32 and summed in float64: exact to 1e-7 of KID's spread, also before the last ReLU,
-    where its values reach 1e9."""
+    """The mean of k(x_i, x_j) over the pairs i != j of the rows of x (m, d), summed in float64
+    (the tests compare the float32 kernel with a float64 one)."""
     k = polynomial_kernel(x, x)                                       # (m, m)
     off_diagonal = k.sum(dtype=torch.float64) - k.diagonal().sum(dtype=torch.float64)
     return off_diagonal.item() / (len(x) * (len(x) - 1))
-
-def mmd2_unbiased(x, y):
-    """Unbiased MMD^2 of samples x (m, d) and y (n, d) with the polynomial kernel: the mean of k
-    over the pairs i != j within x, plus the same within y, minus twice the mean across."""
-    across = polynomial_kernel(x, y).mean(dtype=torch.float64).item()
-    return within_mean(x) + within_mean(y) - 2 * across
 
 def kid_subsets(n, m, subsets, seed):
     """(subsets, m): for each subset, m of n row indices, drawn by a generator seeded seed."""
@@ -111,21 +104,19 @@ def real_subset_means(f_real, m, subsets=KID_SUBSETS, seed=0):
 def kernel_inception_distance(f_gen, f_real, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE,
                               seed=0, real_means=None):
     """KID (Bińkowski et al. 2018, arXiv:1801.01401) of features f_gen (N, D) against f_real
-    (M, D): (mean, standard deviation, m) of mmd2_unbiased over `subsets` random subsets of
-    m = min(subset_size, N, M) rows a side. Unbiased: centred on 0 (so sometimes below it) for
-    one distribution at every N (only its spread grows as N shrinks), so it serves for a few
-    hundred samples too. The real subsets are drawn by kid_subsets(M, m, subsets, seed), the
-    samples' by kid_subsets(N, m, subsets, seed + 1): the real ones are the same whatever the
-    samples, so their means within (real_subset_means) can be computed once: real_means, used
-    when m is subset_size."""
+    (M, D): (mean, standard deviation, m) of the unbiased MMD^2 (the mean kernel within the
+    samples, plus within the real rows, minus twice across) over `subsets` random subsets of
+    m = min(subset_size, N, M) rows a side: 0 for one distribution at any N (so sometimes
+    below), fine for a few hundred samples. The real subsets are kid_subsets(M, m, subsets,
+    seed), the samples' kid_subsets(N, m, subsets, seed + 1): the real ones are the same for
+    any samples, so their within means can be computed once (real_means, for m = subset_size)."""
     m = min(subset_size, len(f_gen), len(f_real))
     real_idx = kid_subsets(len(f_real), m, subsets, seed).to(f_real.device)   # (S, m)
     if real_means is None or m != subset_size:
         real_means = real_subset_means(f_real, m, subsets, seed)     # (S,)
     if m == len(f_gen):
-        # every subset holds every sample: their kernel matrix is the same in each (only its
-        # order changes), and the mean across is the mean, over the subset's real rows, of each
-        # real row's mean kernel value with the samples: one matrix for all subsets
+        # every subset holds every sample: one kernel matrix of theirs for all, and the mean
+        # across is the mean over the subset's real rows of each row's mean with the samples
         gen_means = np.full(subsets, within_mean(f_gen))
         used, where = real_idx.unique(return_inverse=True)            # (U,), (S, m)
         row_means = polynomial_kernel(f_gen, f_real[used]).sum(0) / len(f_gen)   # (U,)
@@ -301,19 +292,16 @@ def copies(x, index):
 
 PRESENT_SHARE = 0.01    # a digit is present when at least 1% of the samples are that digit
 TRUSTED_ACCURACY = 0.95 # a classifier below this test accuracy is a poor yardstick: a warning
-# The series' final part, with its own classifier of this network, reports an FID of 0.30 for
-# the test digits against the training digits (ours: 0.28), 48.43 for its noise (ours, another
-# noise: 103) and 6.02 for its diffusion model: the same scale, not the same yardstick, so
-# they agree roughly, not exactly. Another classifier scores the same images differently, so
-# every report names its yardstick: the classifier (model.classifier_id), the features and N.
-# Compare numbers exactly only under one yardstick: the shared classifier's (model.SHARED_ID).
+# The series' final part, with its own classifier of this network, reports FIDs of 0.30 for the
+# test digits (ours: 0.28), 48.43 for its noise (ours, another noise: 103) and 6.02 for its
+# diffusion model: the same scale, not the same yardstick. Every report names its yardstick
+# (classifier, features, N); compare numbers exactly only under one: model.SHARED_ID's.
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
 
 def real_stats(f, pred, seed=0):
-    """What a report needs of the real digits, from their features f (M, D) and predicted digits
-    (M,): their mean and covariance (the FID's), and `subset`, the indices of a seeded random
-    SET_N of them, which KID and precision & co. compare with, with the subset's squared k-NN
-    radii (for k = PRECISION_K and DENSITY_K) and KID's real_subset_means (if it is that big)."""
+    """What a report needs of the real digits' features f (M, D) and predicted digits (M,): mean
+    and covariance, and `subset`: a seeded random SET_N of them, which KID and precision & co.
+    use, with its squared k-NN radii and KID's real_subset_means (if it is that big)."""
     mu, sigma = mean_cov(f)
     subset = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:SET_N]
     stats = dict(f=f, pred=pred, mu=mu, sigma=sigma, subset=subset)
@@ -326,8 +314,7 @@ def real_stats(f, pred, seed=0):
 
 def metrics(f, probs, real, seed=0):
     """Every metric but copies of generated features f (N, D) and digit probabilities (N, 10)
-    against a real_stats(); a dict, with the seconds of each part, and 'warnings' for numbers
-    made from too few images."""
+    against a real_stats(), the seconds of each part, and 'warnings' (too few images)."""
     N, D = f.shape
     r = {'n': N, 'n_real': len(real['f']), 'warnings': [], 'seconds': {}}
     lap = stopwatch()
@@ -377,9 +364,8 @@ def metrics(f, probs, real, seed=0):
     return r
 
 def report(model, x, real, features='after-relu', batch_size=1000, seed=0):
-    """The report card of images x (N, 1, 32, 32) in [0, 1] against a real_stats(): a dict of
-    every metric, the per-sample results (on the CPU), the yardstick and the seconds of each
-    part; copies too when real holds a copy index (training_stats()'s does)."""
+    """The report card of images x (N, 1, 32, 32) in [0, 1] against a real_stats(): every metric,
+    per-sample results, the yardstick, the seconds; copies if real has a copy index."""
     lap, device = stopwatch(), metric_device(model)
     f, probs = embed(model, x, features, batch_size)                  # (N, D), (N, 10)
     seconds = {'features': lap()}
@@ -403,20 +389,17 @@ def report(model, x, real, features='after-relu', batch_size=1000, seed=0):
 
 def score(images, checkpoint=None, features='after-relu', data_dir='data', out_dir='out',
           device='auto', seed=0, batch_size=1000):
-    """The report card of generated digits (numpy or torch, any layout to_model_input takes)
-    against the 60,000 training digits, in one call: the numbers `python fid.py` prints.
-    checkpoint None: model.default_checkpoint(), the shared classifier unless you trained one."""
+    """The report card of generated digits (any layout to_model_input takes) against the 60,000
+    training digits: what `python fid.py` prints; checkpoint None: model.default_checkpoint()."""
     model, _ = load_classifier(checkpoint, get_device(device))
     real = training_stats(model, features, seed, data_dir, out_dir, batch_size)
     return report(model, to_model_input(images), real, features, batch_size, seed)
 
 def training_stats(model, features='after-relu', seed=0, data_dir='data', out_dir='out',
                    batch_size=1000):
-    """The real side of every report, on metric_device(model): real_stats() of the 60,000
-    training digits, the classifier's accuracy on the test digits, and their copy_index() as
-    'copy'. Computed once and cached in out_dir: the first two in train_stats_{features}.npz
-    (made again for another classifier or seed), the copy index, which needs no classifier, in
-    train_copy_index.npz."""
+    """The real side of every report: real_stats() of the 60,000 training digits, the test
+    accuracy, and their copy_index() as 'copy', on metric_device(model). Cached in out_dir:
+    train_stats_{features}.npz (per classifier and seed) and train_copy_index.npz."""
     def build_stats():
         x_train, _, x_val, y_val = load_mnist(data_dir)
         f, probs = embed(model, x_train[:, None], features, batch_size)   # (60000, D), (60000, 10)
@@ -427,12 +410,12 @@ def training_stats(model, features='after-relu', seed=0, data_dir='data', out_di
     def build_copies():
         x_train, _, x_val, _ = load_mnist(data_dir)
         return {k: v.numpy() for k, v in copy_index(x_train[:, None], x_val[:, None]).items()}
-    device = metric_device(model)
     constants = repr((SET_N, PRECISION_K, DENSITY_K, KID_SUBSETS, KID_SUBSET_SIZE))
     stats = cached(Path(out_dir) / f'train_stats_{features}.npz', build_stats,
                    classifier=classifier_id(model), seed=seed, constants=constants)
     c = cached(Path(out_dir) / 'train_copy_index.npz', build_copies, dims=COPY_DIMS,
                candidates=COPY_CANDIDATES, rate=COPY_RATE)
+    device = metric_device(model)
     real = {k: torch.from_numpy(v).to(device) for k, v in stats.items()
             if k in ('f', 'pred', 'subset', 'radii2_precision', 'radii2_density')}
     real.update({k: stats[k] for k in ('mu', 'sigma', 'kid_real_means') if k in stats})
@@ -676,13 +659,12 @@ def metric_device(model):
 
 def stopwatch():
     """A function that returns the seconds since its last call (the first: since stopwatch())."""
-    last = [time.perf_counter()]
+    times = [time.perf_counter()]
     def lap():
         if torch.cuda.is_available():
             torch.cuda.synchronize()                  # the GPU's work done, not only queued
-        now = time.perf_counter()
-        elapsed, last[0] = now - last[0], now
-        return elapsed
+        times.append(time.perf_counter())
+        return times[-1] - times[-2]
     return lap
 
 if __name__ == '__main__':

@@ -56,9 +56,9 @@ def train_epoch(model, optimizer, x, y, batch_size):
     """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
     y (N,) are on the device already (no copy per step), and the loss is summed there and read
     once an epoch (no wait per step), weighted by batch size, so the mean is over images. The
-    model comes in channels-last memory (main): on a CPU most of the gain is that memory, and on
-    a GPU the rest; `python train.py --compare-blog-loop 5` times each change (the README has
-    the numbers)."""
+    model comes in channels-last memory (main): on a CPU all the gain `python train.py
+    --compare-blog-loop 3` measured is that memory (the README has the numbers); the copies
+    and waits saved are meant for a GPU, where it has not been measured yet."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
