@@ -60,16 +60,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
     Biased upwards for small sets, roughly like 1/N: compare numbers at one N (test digits vs
     training digits: about 0.3 at N = 10,000)."""
-    mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
+    mu1, sigma1, mu2, sigma2 = (torch.as_tensor(a).double() for a in (mu1, sigma1, mu2, sigma2))
     # sigma1 sigma2 has the eigenvalues of the symmetric positive semi-definite (PSD) matrix
     # sqrt(sigma1) sigma2 sqrt(sigma1), so the trace is the sum of their square roots: never NaN
     # or complex, unlike scipy's general sqrtm (pytorch-fid's). sigma1 = V diag(w) V^T:
-    w, V = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    sqrt1 = (V * np.sqrt(np.clip(w, 0, None))) @ V.T                 # (D, D)
+    w, V = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
+    sqrt1 = (V * w.clamp(min=0).sqrt()) @ V.T                        # (D, D)
     M = sqrt1 @ sigma2 @ sqrt1                                        # (D, D) symmetric PSD
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((M + M.T) / 2), 0, None)).sum()
-    fd = ((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt
-    return max(float(fd), 0.0)  # the true value is >= 0; clip the rounding below it
+    tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
+    fd = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
+    return max(fd.item(), 0.0)  # the true value is >= 0; clip the rounding below it
 
 # -----------------------------------------------------------------------------
 # beyond the blog: the report card's other metrics, each with its paper and formula: KID,
@@ -118,9 +118,8 @@ def kernel_inception_distance(f_gen, f_real, subsets=KID_SUBSETS, subset_size=KI
         # every subset holds every sample: one kernel matrix of theirs for all, and the mean
         # across is the mean over the subset's real rows of each row's mean with the samples
         gen_means = np.full(subsets, within_mean(f_gen))
-        used, where = real_idx.unique(return_inverse=True)            # (U,), (S, m)
-        row_means = polynomial_kernel(f_gen, f_real[used]).sum(0) / len(f_gen)   # (U,)
-        across = row_means.double()[where].mean(1).cpu().numpy()      # (S,)
+        row_means = polynomial_kernel(f_gen, f_real).mean(0)          # (M,)
+        across = row_means.double()[real_idx].mean(1).cpu().numpy()   # (S,)
     else:
         gen_idx = kid_subsets(len(f_gen), m, subsets, seed + 1).to(f_gen.device)   # (S, m)
         gen_means = np.array([within_mean(f_gen[i]) for i in gen_idx])
@@ -226,7 +225,7 @@ def recentre(x):
     x = x.gather(1, ((rows - dy[:, None]) % H)[:, :, None].expand(N, H, W))
     return x.gather(2, ((cols - dx[:, None]) % W)[:, None, :].expand(N, H, W))
 
-def nearest_two(x, index, block=500, chunk=4096):
+def nearest_two(x, index, block=100):
     """For images x (N, 1, 32, 32): the ratio d1 / d2 (N,) of the distances to the nearest and
     second-nearest re-centred training digit, d1 (N,), and the index j (N,) of the nearest.
     A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (an
@@ -243,15 +242,7 @@ def nearest_two(x, index, block=500, chunk=4096):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
         xb_coords = (xb - index['mean']) @ index['axes']              # (B, D)
         xb_aug = torch.cat([xb_coords, torch.ones_like(xb_coords[:, :1])], 1)   # (B, D + 1)
-        # the coarse search, a chunk of training digits at a time: the K nearest of each chunk
-        vals, idx = [], []
-        for m in range(0, len(coords), chunk):
-            coarse = xb_aug @ coords_aug[m:m + chunk].T               # (B, chunk)
-            v, c = coarse.topk(min(K, coarse.shape[1]), 1, largest=False)
-            vals.append(v)
-            idx.append(c + m)
-        vals, idx = torch.cat(vals, 1), torch.cat(idx, 1)             # (B, K x chunks)
-        cand = idx.gather(1, vals.topk(K, 1, largest=False).indices)  # (B, K) the K nearest
+        cand = (xb_aug @ coords_aug.T).topk(K, 1, largest=False).indices   # (B, K) the K nearest
         cand_pixels = index['train'][cand].float() / 255              # (B, K, 1024)
         exact, order = ((cand_pixels - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K)
         d1[i:i + block] = exact[:, 0]

@@ -313,7 +313,7 @@ def test_nearest_two_against_brute_force(monkeypatch):
     x[:5] = train[[7, 3, 3, 40, 0]]                                   # five exact copies
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 50)                   # every training digit
     index = copy_index(train, train[:10])
-    ratio, d1, j = nearest_two(x, index, block=7, chunk=16)           # chunks of 16, 16, 16, 2
+    ratio, d1, j = nearest_two(x, index, block=7)                     # blocks of 7, ..., 7, 2
     flat = lambda images: recentre(images[:, 0]).flatten(1).double()
     d = torch.cdist(flat(x), flat(train))                            # (30, 50)
     top2 = d.topk(2, 1, largest=False)
@@ -322,7 +322,7 @@ def test_nearest_two_against_brute_force(monkeypatch):
                                atol=1e-5)
     assert torch.equal(j, top2.indices[:, 0]) and (ratio[:5] == 0).all()
     monkeypatch.setattr(fid, 'COPY_CANDIDATES', 8)                    # the default finds them too
-    assert nearest_two(x, index, chunk=16)[2][:5].tolist() == [7, 3, 3, 40, 0]
+    assert nearest_two(x, index)[2][:5].tolist() == [7, 3, 3, 40, 0]
 
 @pytest.fixture(scope='module')
 def memorisers(mnist_data):
