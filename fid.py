@@ -32,12 +32,10 @@ from model import SHARED_ID, classifier_id, default_checkpoint, get_device, load
 
 @torch.no_grad()
 def embed(model, x, features='after-relu', batch_size=1000):
-    """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on
-    the model's device, a batch at a time, in eval mode (no dropout). The blog histograms the
-    features before the last ReLU ('before-relu'); we score them after it ('after-relu', what
-    the head reads), as the series' final part does: its FIDs are on that scale (`python
-    fid.py` gives 0.28 for the test digits after the ReLU, where its final part has 0.30;
-    `python fid.py --features before-relu` gives 11.42)."""
+    """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on the
+    model's device, in eval mode. The blog histograms the features before the last ReLU; we score
+    them after it (what the head reads), as the series' final part does: `python fid.py` gives
+    0.28 for the test digits, where it has 0.30 (`--features before-relu`: 11.42)."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     f, probs = [], []
@@ -48,22 +46,19 @@ def embed(model, x, features='after-relu', batch_size=1000):
     return torch.cat(f).float(), torch.cat(probs).float()             # (N, D), (N, 10)
 
 def mean_cov(f):
-    """Mean (D,) and unbiased covariance (D, D) of features f (N, D), as float64 numpy arrays
-    (like np.cov); the mean is subtracted first, so a large mean costs no precision."""
+    """Mean (D,) and unbiased covariance (D, D) of features f (N, D), float64 numpy, as np.cov."""
     f = torch.as_tensor(f).double()
     mu = f.mean(0)                                                    # (D,)
     c = f - mu                                                        # (N, D) centred
     return mu.cpu().numpy(), (c.T @ c / (len(f) - 1)).cpu().numpy()   # (D,), (D, D)
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
-    arXiv:1706.08500): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
-    Biased upwards for small sets, roughly like 1/N: compare numbers at one N (test digits vs
-    training digits: about 0.3 at N = 10,000)."""
+    """The Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017, 1706.08500):
+    d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
+    for small sets, roughly like 1/N: compare at one N (test digits: about 0.3 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(a).double() for a in (mu1, sigma1, mu2, sigma2))
-    # sigma1 sigma2 has the eigenvalues of the symmetric positive semi-definite (PSD) matrix
-    # sqrt(sigma1) sigma2 sqrt(sigma1), so the trace is the sum of their square roots: never NaN
-    # or complex, unlike scipy's general sqrtm (pytorch-fid's). sigma1 = V diag(w) V^T:
+    # sigma1 sigma2 has the eigenvalues of the symmetric PSD matrix sqrt(s1) sigma2 sqrt(s1), s1 =
+    # sigma1, so the trace is the sum of their square roots: never NaN or complex (as sqrtm's can):
     w, V = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
     sqrt1 = (V * w.clamp(min=0).sqrt()) @ V.T                        # (D, D)
     M = sqrt1 @ sigma2 @ sqrt1                                        # (D, D) symmetric PSD
@@ -72,11 +67,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return max(fd.item(), 0.0)  # the true value is >= 0; clip the rounding below it
 
 # -----------------------------------------------------------------------------
-# beyond the blog: the report card's other metrics, each with its paper and formula: KID,
-# precision and recall, density and coverage (on the features, as the FID), copies of the
-# training set (on the pixels), and the digits (on the probabilities)
-#
-# KID
+# beyond the blog: the report card's other metrics, each with its paper and formula (on the
+# features as the FID, but copies on the pixels, the digits on the probabilities). First KID
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000   # Bińkowski et al.'s defaults
 KID_DIGIT_SUBSETS = 10                     # fewer per digit: ten KIDs must stay fast
@@ -86,8 +78,7 @@ def polynomial_kernel(a, b):
     return (a @ b.T).div_(a.shape[1]).add_(1).pow_(3)
 
 def within_mean(x):
-    """The mean of k(x_i, x_j) over the pairs i != j of the rows of x (m, d), summed in float64
-    (the tests compare the float32 kernel with a float64 one)."""
+    """The mean of k(x_i, x_j) over the pairs i != j of the rows of x (m, d), summed in float64."""
     k = polynomial_kernel(x, x)                                       # (m, m)
     off_diagonal = k.sum(dtype=torch.float64) - k.diagonal().sum(dtype=torch.float64)
     return off_diagonal.item() / (len(x) * (len(x) - 1))
@@ -106,10 +97,9 @@ def kernel_inception_distance(f_gen, f_real, subsets=KID_SUBSETS, subset_size=KI
     """KID (Bińkowski et al. 2018, arXiv:1801.01401) of features f_gen (N, D) against f_real
     (M, D): (mean, standard deviation, m) of the unbiased MMD^2 (the mean kernel within the
     samples, plus within the real rows, minus twice across) over `subsets` random subsets of
-    m = min(subset_size, N, M) rows a side: 0 for one distribution at any N (so sometimes
-    below), fine for a few hundred samples. The real subsets are kid_subsets(M, m, subsets,
-    seed), the samples' kid_subsets(N, m, subsets, seed + 1): the real ones are the same for
-    any samples, so their within means can be computed once (real_means, for m = subset_size)."""
+    m = min(subset_size, N, M) rows a side: 0 for one distribution at any N (so sometimes below).
+    The real subsets are kid_subsets(M, m, subsets, seed), the same for any samples, so their
+    within means can be computed once (real_means, m = subset_size); the samples' use seed + 1."""
     m = min(subset_size, len(f_gen), len(f_real))
     real_idx = kid_subsets(len(f_real), m, subsets, seed).to(f_real.device)   # (S, m)
     if real_means is None or m != subset_size:
@@ -128,18 +118,15 @@ def kernel_inception_distance(f_gen, f_real, subsets=KID_SUBSETS, subset_size=KI
     values = gen_means + real_means - 2 * across                      # (S,) MMD^2 of each subset
     return values.mean(), values.std(), m
 
-# -----------------------------------------------------------------------------
 # precision, recall, density and coverage
 
 PRECISION_K = 3         # k of the k-NN balls of precision and recall (Kynkäänniemi et al.'s)
 DENSITY_K = 5           # k of density and coverage (Naeem et al.'s)
-SET_N = 10_000          # KID, precision & co. compare with this many training digits at most,
-                        # and precision & co. take at most this many samples: k-NN radii shrink
-                        # as N grows
+SET_N = 10_000          # KID and precision & co. use at most this many training digits, and
+                        # precision & co. this many samples: k-NN radii shrink as N grows
 
 def squared_distances(a, b):
-    """(len(a), len(b)) squared Euclidean distances, |a|^2 + |b|^2 - 2 a.b: one matmul, which adds
-    |b|^2 as it goes (addmm), then |a|^2 and the clip of rounding below 0, in place."""
+    """(len(a), len(b)) squared Euclidean distances |a|^2 + |b|^2 - 2 a.b, rounding clipped at 0."""
     d2 = torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2)       # |b|^2 - 2 a.b
     return d2.add_((a * a).sum(1)[:, None]).clamp_(min=0)
 
@@ -151,8 +138,7 @@ def knn_radii2(f, k=PRECISION_K, block=1000):
     for i in range(0, len(f), block):
         d2 = squared_distances(f[i:i + block], f)                     # (B, N)
         nearest = d2.topk(largest + 1, dim=1, largest=False).values   # (B, largest + 1)
-        # column 0 is the row itself, at distance 0
-        out.append(nearest[:, columns])                               # (B,) or (B, len(k))
+        out.append(nearest[:, columns])               # (B,) or (B, len(k)); column 0: the row
     return torch.cat(out)
 
 def manifold_metrics(f_gen, f_real, real_radii2_precision=None, real_radii2_density=None,
@@ -160,13 +146,11 @@ def manifold_metrics(f_gen, f_real, real_radii2_precision=None, real_radii2_dens
     """Precision, recall, density and coverage of features f_gen (N, D) against f_real (M, D),
     from k-NN balls: a point's ball reaches to its k-th nearest neighbour in its own set (the
     real balls' squared radii for k = PRECISION_K and DENSITY_K may be passed, when known).
-    - precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991, k = PRECISION_K): the
-      share of generated rows inside the real balls (quality), and of real rows inside the
-      generated balls (variety).
-    - density and coverage (Naeem et al. 2020, arXiv:2002.09797, k = DENSITY_K): density =
-      1/(k N) sum_j sum_i 1[gen_j in ball_i], about 1 for real samples; coverage = the share
-      of real balls holding a sample. Both use only real balls, so outliers can't inflate them.
-    """
+    Precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991): the share of generated
+    rows inside the real balls (quality), and of real rows inside the generated balls (variety).
+    Density and coverage (Naeem et al. 2020, arXiv:2002.09797), from real balls only, so outliers
+    can't inflate them: 1/(k N) sum_j sum_i 1[gen_j in ball_i] (about 1 for real samples), and
+    the share of real balls holding a sample."""
     if real_radii2_precision is None:
         real_radii2_precision, real_radii2_density = knn_radii2(
             f_real, (PRECISION_K, DENSITY_K), block).unbind(1)        # (M,) each
@@ -185,7 +169,6 @@ def manifold_metrics(f_gen, f_real, real_radii2_precision=None, real_radii2_dens
     return (gen_inside / N, real_covered.double().mean().item(),
             balls_holding / (DENSITY_K * N), real_hit.double().mean().item())
 
-# -----------------------------------------------------------------------------
 # the digits
 
 def digit_shares(pred):
@@ -198,14 +181,12 @@ def kl_divergence(p, q):
     return (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum().item()
 
 def classifier_score(probs):
-    """The Inception Score of Salimans et al. 2016 (arXiv:1606.03498) with our classifier:
-    exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: 10 for confident
-    predictions spread evenly over the digits, 1 for one digit (or no confidence)."""
+    """Salimans et al.'s Inception Score (arXiv:1606.03498), our classifier's: exp(E_x KL(p(y|x) ||
+    p(y))), p(y) the mean p(y|x): 10 for sure predictions spread evenly, 1 for one digit."""
     p = torch.as_tensor(probs).double()                               # (N, 10)
     kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, p.mean(0, keepdim=True))).sum(1)
     return kl.mean().exp().item()
 
-# -----------------------------------------------------------------------------
 # copies of the training set
 
 COPY_DIMS = 32          # the coarse search compares 32 principal components of the pixels,
@@ -220,24 +201,21 @@ def recentre(x):
     mass = x.sum((1, 2)).clamp(min=1e-12)                             # (N,) 0 for a blank image
     cy, cx = (x.sum(2) * rows).sum(1) / mass, (x.sum(1) * cols).sum(1) / mass   # (N,) centres
     dy, dx = torch.floor(H / 2 - cy + 0.5).long(), torch.floor(W / 2 - cx + 0.5).long()
-    # row i of the result is row i - dy of the image (wrapping round, which for MNIST's blank
-    # margins moves nothing but background)
+    # row i of the result is row i - dy of the image (wrapping round MNIST's blank margins)
     x = x.gather(1, ((rows - dy[:, None]) % H)[:, :, None].expand(N, H, W))
     return x.gather(2, ((cols - dx[:, None]) % W)[:, None, :].expand(N, H, W))
 
 def nearest_two(x, index, block=100):
     """For images x (N, 1, 32, 32): the ratio d1 / d2 (N,) of the distances to the nearest and
-    second-nearest re-centred training digit, d1 (N,), and the index j (N,) of the nearest.
-    A coarse search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (an
-    exact copy is at distance 0 there too, as a projection never lengthens a distance; a near
-    copy's original is almost always among them); the exact distances on all pixels pick."""
+    second-nearest re-centred training digit, d1 (N,), and the nearest's index j (N,). A coarse
+    search on COPY_DIMS principal components finds COPY_CANDIDATES candidates (a projection never
+    lengthens a distance, so an exact copy is at 0 there too); all pixels' distances pick."""
     # |xc - c|^2 - |xc|^2 = [xc, 1] . [-2 c, |c|^2] for coordinates xc of an image and c of a
     # training digit: one matrix product ranks the training digits by distance
     coords = index['coords']                                          # (M, D) training digits
     coords_aug = torch.cat([-2 * coords, (coords ** 2).sum(1, keepdim=True)], 1)   # (M, D + 1)
     K = min(COPY_CANDIDATES, len(coords))
-    ratio, d1 = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
-    j = torch.empty(len(x), dtype=torch.long, device=x.device)        # (N,)
+    ratio, d1, j = [], [], []                                         # per block: (B,) each
     for i in range(0, len(x), block):
         xb = recentre(x[i:i + block, 0].float()).flatten(1)           # (B, 1024)
         xb_coords = (xb - index['mean']) @ index['axes']              # (B, D)
@@ -245,16 +223,15 @@ def nearest_two(x, index, block=100):
         cand = (xb_aug @ coords_aug.T).topk(K, 1, largest=False).indices   # (B, K) the K nearest
         cand_pixels = index['train'][cand].float() / 255              # (B, K, 1024)
         exact, order = ((cand_pixels - xb[:, None, :]) ** 2).sum(2).sqrt().sort(1)   # (B, K)
-        d1[i:i + block] = exact[:, 0]
-        ratio[i:i + block] = torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0)
-        j[i:i + block] = cand.gather(1, order[:, :1])[:, 0]
-    return ratio, d1, j
+        d1.append(exact[:, 0])
+        ratio.append(torch.where(exact[:, 1] > 0, exact[:, 0] / exact[:, 1], 0.0))
+        j.append(cand.gather(1, order[:, :1])[:, 0])
+    return torch.cat(ratio), torch.cat(d1), torch.cat(j)                # (N,) each
 
 def copy_index(x_train, x_val):
-    """What copies() needs of training digits x_train (M, 1, 32, 32): the re-centred digits
-    as uint8 (M, 1024) (exact: MNIST pixels are multiples of 1/255), the mean and the first
-    COPY_DIMS principal axes of their pixels, each digit's coordinates on those axes; and the
-    threshold: the ratio at or below which COPY_RATE of the test digits x_val (new digits) fall."""
+    """What copies() needs of training digits x_train (M, 1, 32, 32): their re-centred pixels as
+    uint8 (M, 1024) (exact: multiples of 1/255), their mean, first COPY_DIMS principal axes and
+    coordinates on them; 'threshold': the ratio at or below which COPY_RATE of x_val fall."""
     t = recentre(x_train[:, 0]).flatten(1)                            # (M, 1024)
     mean = t.mean(0)                                                  # (1024,)
     c = (t - mean).double()
@@ -267,13 +244,12 @@ def copy_index(x_train, x_val):
 
 def copies(x, index):
     """The share of images x (N, 1, 32, 32) that copy a training digit, and per image the
-    distance ratio, the distance to the nearest training digit and that digit's index.
-    A copy has one training digit very close and then only ordinary ones, so the ratio of its
-    distances to the nearest and second-nearest is small: Lowe's ratio test (2004), close to
-    the authenticity of Alaa et al. 2022 (arXiv:2102.08921). On re-centred pixels, not
-    features: in features, a copy moved by one pixel is no nearer its original than a new
-    digit is. Calibrated so that the test digits, new digits, score COPY_RATE = 1%. The
-    other metrics reward copies: a copier beats real new digits on nearly every one of them."""
+    distance ratio, the distance to the nearest training digit and its index. A copy has one
+    training digit very close, then only ordinary ones, so the ratio of its distances to the
+    nearest and second-nearest is small: Lowe's ratio test (2004), close to the authenticity of
+    Alaa et al. 2022 (arXiv:2102.08921). On re-centred pixels, not features: in features, a copy
+    moved by one pixel is no nearer its original than a new digit is. The other metrics reward
+    copies: a copier beats real new digits on nearly every one of them."""
     ratio, d1, j = nearest_two(x, index)
     per_sample = {'copy_ratio': ratio, 'copy_distance': d1, 'nearest_train': j}
     return (ratio <= index['threshold']).double().mean().item(), per_sample
@@ -283,16 +259,13 @@ def copies(x, index):
 
 PRESENT_SHARE = 0.01    # a digit is present when at least 1% of the samples are that digit
 TRUSTED_ACCURACY = 0.95 # a classifier below this test accuracy is a poor yardstick: a warning
-# The series' final part, with its own classifier of this network, reports FIDs of 0.30 for the
-# test digits (ours: 0.28), 48.43 for its noise (ours, another noise: 103) and 6.02 for its
-# diffusion model: the same scale, not the same yardstick. Every report names its yardstick
-# (classifier, features, N); compare numbers exactly only under one: model.SHARED_ID's.
+# The series' final part (its own classifier of this network) has FIDs of 0.30 for the test digits
+# (ours: 0.28), 48.43 for its noise (ours, another noise: 103): the same scale, not yardstick.
 SERIES_FID = {'validation set vs train': '0.30', 'Gaussian noise vs train': '48.43'}
 
 def real_stats(f, pred, seed=0):
-    """What a report needs of the real digits' features f (M, D) and predicted digits (M,): mean
-    and covariance, and `subset`: a seeded random SET_N of them, which KID and precision & co.
-    use, with its squared k-NN radii and KID's real_subset_means (if it is that big)."""
+    """What a report needs of real features f (M, D) and predicted digits (M,): mean, covariance,
+    `subset` (a seeded SET_N of them: KID's and precision's), its k-NN radii^2, KID's means."""
     mu, sigma = mean_cov(f)
     subset = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:SET_N]
     stats = dict(f=f, pred=pred, mu=mu, sigma=sigma, subset=subset)
@@ -356,19 +329,17 @@ def metrics(f, probs, real, seed=0):
 
 def report(model, x, real, features='after-relu', batch_size=1000, seed=0):
     """The report card of images x (N, 1, 32, 32) in [0, 1] against a real_stats(): every metric,
-    per-sample results, the yardstick, the seconds; copies if real has a copy index."""
+    copies and per-sample results, the yardstick, the seconds."""
     lap, device = stopwatch(), metric_device(model)
     f, probs = embed(model, x, features, batch_size)                  # (N, D), (N, 10)
     seconds = {'features': lap()}
     r = metrics(f.to(device), probs.to(device), real, seed)
     r['seconds'] = {**seconds, **r['seconds']}
     lap()                                             # metrics timed its own parts
-    r['copies'] = r['copy_threshold'] = None
-    if 'copy' in real:
-        r['copies'], per_sample = copies(x.to(device), real['copy'])
-        r['per_sample'].update(per_sample)
-        r['copy_threshold'] = real['copy']['threshold'].item()
-        r['seconds']['copies'] = lap()
+    r['copies'], per_sample = copies(x.to(device), real['copy'])
+    r['per_sample'].update(per_sample)
+    r['copy_threshold'] = real['copy']['threshold'].item()
+    r['seconds']['copies'] = lap()
     r['per_sample'] = {k: v.cpu() for k, v in r['per_sample'].items()}
     r.update(classifier=classifier_id(model), features=features, device=str(device),
              test_accuracy=real.get('test_accuracy'))
@@ -388,9 +359,8 @@ def score(images, checkpoint=None, features='after-relu', data_dir='data', out_d
 
 def training_stats(model, features='after-relu', seed=0, data_dir='data', out_dir='out',
                    batch_size=1000):
-    """The real side of every report: real_stats() of the 60,000 training digits, the test
-    accuracy, and their copy_index() as 'copy', on metric_device(model). Cached in out_dir:
-    train_stats_{features}.npz (per classifier and seed) and train_copy_index.npz."""
+    """Every report's real side, on metric_device(model): real_stats() of the training digits, the
+    test accuracy, copy_index() as 'copy'; cached in out_dir (per classifier, features, seed)."""
     def build_stats():
         x_train, _, x_val, y_val = load_mnist(data_dir)
         f, probs = embed(model, x_train[:, None], features, batch_size)   # (60000, D), (60000, 10)
@@ -423,9 +393,8 @@ def yardstick(classifier, test_accuracy, features, D):
             f'features {features} ({D})')
 
 def print_report(r, name):
-    final = SERIES_FID['validation set vs train']
-    final = f" (real vs real at 10,000: {final} in the series' final part)"
-    final = final if r['features'] == 'after-relu' else ''
+    final = (f" (real vs real at 10,000: {SERIES_FID['validation set vs train']} in the series' "
+             "final part)" if r['features'] == 'after-relu' else '')
     print(f'\nreport card: {name} ({r["n"]:,} images) vs MNIST train ({r["n_real"]:,} images)')
     print(f'  FID               {r["fid"]:10.4f}   distance between the feature Gaussians{final}')
     print(f'  KID               {r["kid"]:10.4g}   +- {r["kid_std"]:.4g} over {KID_SUBSETS} '
@@ -438,10 +407,9 @@ def print_report(r, name):
           f'sample, on average, / {DENSITY_K}: about 1 for real digits')
     print(f'  coverage          {r["coverage"]:10.3f}   share of real {DENSITY_K}-NN balls '
           f'holding a sample: variety, outliers ignored')
-    if r['copies'] is not None:
-        print(f'  copies            {r["copies"]:10.1%}   samples nearer a training digit than '
-              f'{COPY_RATE:.0%} of the test digits are (nearest / second-nearest distance <= '
-              f'{r["copy_threshold"]:.3f})')
+    print(f'  copies            {r["copies"]:10.1%}   samples nearer a training digit than '
+          f'{COPY_RATE:.0%} of the test digits are (nearest / second-nearest distance <= '
+          f'{r["copy_threshold"]:.3f})')
     print(f'  classifier score  {r["classifier_score"]:10.2f}   of 10: confident and varied digits')
     print(f'  digits present    {r["digits_present"]:7d}/10   (at least {PRESENT_SHARE:.0%} of '
           f'the samples each) | digit mix KL {r["digit_kl"]:.4f} | mean confidence '
@@ -460,16 +428,14 @@ def print_report(r, name):
           + ' | '.join(f'{part} {s:.2f}' for part, s in r['seconds'].items()))
 
 def plot_copies(x, r, index, path, n=24, per_row=4):
-    """The n most copy-like samples (smallest distance ratio first), each re-centred beside
-    the training digit nearest to it, labelled with the ratio r and the distance d."""
+    """The n most copy-like samples, re-centred, each beside its nearest training digit."""
     s = r['per_sample']
     order = s['copy_ratio'].argsort()[:n]                             # (n,)
     train = index['train'][s['nearest_train'][order]].cpu().view(-1, 32, 32) / 255
     pairs = torch.stack([recentre(x[order, 0].cpu()), train], 1)      # (n, 2, 32, 32)
     tiles = np.full((math.ceil(n / per_row) * per_row, 2, 32, 32), np.nan)   # NaN: white
     tiles[:len(order)] = pairs.numpy()
-    labels = [[f'r {s["copy_ratio"][i]:.2f}', f'd {s["copy_distance"][i]:.1f}']
-              for i in order.tolist()]
+    labels = [[f'r {s["copy_ratio"][i]:.2f}', f'd {s["copy_distance"][i]:.1f}'] for i in order]
     rows = len(tiles) // per_row
     plot_tiles(tiles.reshape(rows, 2 * per_row, 32, 32), path,
                f'{r["copies"]:.1%} copies: the most copy-like samples beside their nearest '
@@ -488,19 +454,13 @@ def corrupt(x, sigma, g):
     return x
 
 def failure_table(model, real, x_train, x_val, y_val, features, batch_size, seed):
-    """One row of the report card for each set of images whose failure we know, all against
-    the training set, so that a reader sees what each metric responds to:
-    - the test digits: the best a generator can honestly do;
-    - digits 0-4 only (a forgotten half): precision and density stay, recall and coverage
-      halve, and the digit rows say which digits are missing;
-    - blurred (a weak decoder): precision stays, recall collapses;
-    - noise: precision and density fall first; at sigma 0.5 the classifier sees one digit;
-    - pure noise with the training pixels' mean and standard deviation (unclipped): FID,
-      recall and coverage say it all; precision may not, as a few real digits far from the
-      rest have k-NN balls large enough to hold it;
-    - memorisers: training digits returned as they are (they beat the test digits on FID, KID
-      and precision), moved by one pixel, or half of them with half the test digits: the
-      other metrics see a plausible generator; only copies sees what they are."""
+    """A report-card row for each set of images whose failure we know, all against the training
+    set, to show what each metric responds to: the test digits (the best a generator can
+    honestly do); digits 0-4 only (recall and coverage halve, the digit rows name the missing);
+    blurred (precision stays, recall collapses); noise (precision and density fall first);
+    pure noise of the training pixels' mean and std (FID, recall and coverage say it all);
+    memorisers: training digits as they are, moved by one pixel, or half of them with half the
+    test digits (the other metrics see a plausible generator; only copies sees what they are)."""
     g = torch.Generator().manual_seed(seed)
     digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28)
     noise = digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g)
@@ -554,8 +514,8 @@ def main(argv=None):
         write_atomic(args.save_stats, lambda tmp: np.savez(tmp, **stats))
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file.
-# The command line: the flags, checked and printed; the device picked, the folders checked
+# plumbing: a first reading can skip the rest of this file. The flags, checked and printed; the
+# device picked, the folders checked
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description='A report card for generated MNIST digits.',
@@ -585,9 +545,7 @@ def parse_args(argv):
 def to_model_input(x, name='the generated digits'):
     """N >= 2 digits of 28x28 or 32x32 pixels, any layout, floats in [0, 1] (1e-6 outside is
     clipped) or uint8, as the classifier's (N, 1, 32, 32) float32; else one ValueError."""
-    if isinstance(x, np.ndarray):  # a writable copy: read-only and memory-mapped arrays too
-        x = np.array(x)
-    x = torch.as_tensor(x)
+    x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) else x)   # numpy: a writable copy
     pixels = x.shape[1:].numel() if x.ndim >= 2 else 0
     if pixels not in (784, 1024) or len(x) < 2:
         raise ValueError(f'{name}: expected at least 2 grayscale images of 28x28 or 32x32 pixels '

@@ -43,8 +43,7 @@ def mean_activations(model, x, y, batch_size=1000):
     return {i: (s / counts.view(10, 1, 1, 1)).float() for i, s in sums.items()}
 
 def plot_maps(maps, path, title):
-    """maps (10, C, H, W) as one image (mnist.plot_tiles lays the small maps side by side): one
-    row per digit, one column per channel, one colour scale for all (from 0 to the largest)."""
+    """maps (10, C, H, W) as one image: a row per digit, a column per channel, one colour scale."""
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 
@@ -64,8 +63,7 @@ def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
     model, ckpt = load_classifier(args.checkpoint, args.device)   # ckpt: what train.py saved
-    acc = ckpt['val_acc']  # None when the run stopped before validating its last epoch
-    acc = '' if acc is None else f', val acc {acc:.2%}'
+    acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')
     _, _, x_val, y_val = load_mnist(args.data_dir)
     x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)
@@ -76,8 +74,10 @@ def main(argv=None):
         path = out / f'activations_level{level}.png'
         plot_maps(m, path, f'level {level}: levels[{i}], mean over the test images of each '
                            f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
-        print(f'level {level} (levels[{i}], {m.shape[1]} channels): '
-              f'{dead_summary(m, args.dead_threshold)} | wrote {path}')
+        dead, limit = dead_channels(m, args.dead_threshold)
+        print(f'level {level} (levels[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
+              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
+              f'digit) | wrote {path}')
 
     # 3.: the features before and after the last ReLU over the test set (model.features)
     with torch.no_grad():
@@ -95,18 +95,11 @@ def main(argv=None):
 # beyond the blog: dead channels, how normal the features are, and the mistakes
 
 def dead_channels(maps, threshold=0.01):
-    """(the channels of maps (10, C, H, W) whose mean map, in absolute value and averaged over
-    its pixels, is at most threshold x the level's largest, for every digit; that limit). An
-    all-zero level is all dead."""
+    """(the channels of maps (10, C, H, W) whose mean |map| over its pixels is at most threshold
+    x the level's largest for every digit, that limit); an all-zero level is all dead."""
     channel_means = maps.abs().mean(dim=(2, 3))          # (10, C); abs: a negative one fires too
     limit = threshold * channel_means.max()
     return torch.nonzero((channel_means <= limit).all(dim=0)).flatten().tolist(), limit.item()
-
-def dead_summary(maps, threshold):
-    """One line: dead_channels() of maps (10, C, H, W), and the limit they stay under."""
-    dead, limit = dead_channels(maps, threshold)
-    return (f'dead channels {dead} (mean activation <= {limit:.4f} = {threshold} x the largest, '
-            f'for every digit)')
 
 def skew_kurtosis(f):
     """Skewness m3 / m2^1.5 and excess kurtosis m4 / m2^2 - 3 (m_k: the k-th central moment) of
@@ -127,8 +120,7 @@ def normality_summary(f, within=0.5):
             + (f' | {int((~ok).sum())} constant features left out' if not ok.all() else ''))
 
 def print_mistakes(model, x, y, path, n=100):
-    """Step 4 for images x (N, 1, 32, 32) with digits y (N,): print the accuracy per digit and the
-    most frequent confusions, and draw the n most confident mistakes into path."""
+    """Step 4 for x (N, 1, 32, 32), y (N,): accuracy per digit, top confusions, the figure."""
     pred, confidence = predict(model, x)                              # (N,) each
     C = confusion_matrix(y, pred)                                     # (10, 10)
     recall = (C.diag() / C.sum(1)).tolist()                           # the accuracy per digit
@@ -169,8 +161,8 @@ def plot_mistakes(x, y, pred, confidence, path, n=100, per_row=10):
     return len(order)
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file.
-# The command line: the flags, printed; the device picked, the output folder checked
+# plumbing: a first reading can skip the rest of this file. The flags, printed; the device
+# picked, the output folder checked
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description='Look inside the trained classifier.',

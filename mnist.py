@@ -25,8 +25,7 @@ IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
               0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 def parse_idx(raw, name):
-    """The array in the bytes raw of an IDX file (name: for errors), of the shape and element
-    type its header declares."""
+    """The array in the bytes raw of an IDX file (name: for errors), as its header declares it."""
     # an IDX file (http://yann.lecun.com/exdb/mnist/) is a header and one flat array. The
     # header: two zero bytes, the element type, the number of dimensions, then the size of
     # each dimension as a big-endian 32-bit integer
@@ -44,11 +43,9 @@ def parse_idx(raw, name):
     return np.frombuffer(raw, dtype, offset=start).reshape(shape).astype(dtype.newbyteorder('='))
 
 def load_mnist(data_dir='data'):
-    """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixel
-    values / 255 as float32, padded to 32x32; int64 labels. As in the blog, the test set is the
-    validation set."""
-    # each file read from data_dir (or downloaded there, then checked by its SHA-256) and
-    # unzipped, then parsed: uint8 arrays
+    """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixels
+    / 255 as float32, padded to 32x32, int64 labels; as in the blog, the test set validates."""
+    # each file read from data_dir (or downloaded there), unzipped, checked, parsed: uint8 arrays
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',   # (60000, 28, 28), (60000,)
              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']     # (10000, 28, 28), (10000,)
     arrays = [parse_idx(read_or_download(name, data_dir), name) for name in names]
@@ -114,9 +111,8 @@ def save_figure(fig, path):
     write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file.
-# The MNIST files: read from data_dir, or downloaded there, and checked by the SHA-256 of
-# their decompressed content
+# plumbing: a first reading can skip the rest of this file. The MNIST files: read from data_dir,
+# or downloaded there, and checked by the SHA-256 of their decompressed content
 
 import argparse
 import gzip
@@ -138,8 +134,7 @@ MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',        # torchvisio
            'http://yann.lecun.com/exdb/mnist/']                       # the original, often down
 
 def read_or_download(name, data_dir):
-    """The decompressed bytes of the MNIST file `name`, read from data_dir (as name.gz, or
-    decompressed as name) or else downloaded there, checked against its SHA-256."""
+    """The bytes of the MNIST file name, from data_dir (gzipped or not) or downloaded, checked."""
     data_dir = Path(data_dir)
     if data_dir.is_file():
         raise ValueError(f'--data-dir {data_dir} is a file, not a folder for the MNIST files')
@@ -157,8 +152,7 @@ def read_or_download(name, data_dir):
     return raw
 
 def download(name, data_dir):
-    """The decompressed bytes of name.gz from the first mirror that serves the right file, which
-    is then saved in data_dir (never a partial or a wrong file)."""
+    """The bytes of name.gz from the first mirror serving the right file, saved in data_dir."""
     for url in [mirror + f'{name}.gz' for mirror in MIRRORS]:
         print(f'downloading {url}')
         try:
@@ -197,8 +191,7 @@ def check_writable(folder):
         raise ValueError(f'cannot write into the folder {folder}: {e.strerror}') from None
 
 def run_script(main, interrupted=''):
-    """Run main(): a bad input is one line and exit code 1, Ctrl-C exit code 130 (interrupted:
-    what more to say then); no traceback."""
+    """Run main(): a bad input is one line and exit 1, Ctrl-C 130 (+ interrupted); no traceback."""
     try:
         main()
     except (OSError, ValueError, FloatingPointError) as e:

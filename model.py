@@ -86,16 +86,15 @@ def summary(model):
     return f'levels {", ".join(shapes) or "none"} | {h[0].numel():,} features | {n:,} parameters'
 
 def classifier_id(model):
-    """The name of a trained classifier, which fid.py prints with its numbers: the first 12 hex
-    digits of the SHA-256 of its weights (the same weights, the same name)."""
+    """A trained classifier's name, which fid.py prints: 12 hex digits of its weights' SHA-256."""
     sha = hashlib.sha256()
     for w in model.state_dict().values():
         sha.update(w.detach().cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()[:12]
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file.
-# Checkpoints, and the classifier this repository ships: the series' shared yardstick
+# plumbing: a first reading can skip the rest of this file. Checkpoints, and the classifier this
+# repository ships: the series' shared yardstick
 
 SHARED_ID = 'cbcf0d57247c'  # made by `python train.py`: the README says on what
 SHARED_CHECKPOINT = Path(__file__).parent / f'classifier_{SHARED_ID}.pt'
@@ -108,8 +107,7 @@ def default_checkpoint():
 def load_classifier(path=None, device='cpu'):
     """(the classifier in eval mode, the checkpoint dict, with 'path') of a checkpoint written by
     train.py; path None: default_checkpoint(). A checkpoint of another network than model.py
-    builds now is refused, also when its weights fit. Channels-last memory, as train.py trains:
-    faster convolutions on a CPU."""
+    builds now is refused, even when its weights fit. Channels-last, as train.py trains."""
     path = default_checkpoint() if path is None else path
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')

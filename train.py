@@ -55,10 +55,9 @@ def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
 def train_epoch(model, optimizer, x, y, batch_size):
     """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
     y (N,) are on the device already (no copy per step), and the loss is summed there and read
-    once an epoch (no wait per step), weighted by batch size, so the mean is over images. The
-    model comes in channels-last memory (main): on a CPU all the gain `python train.py
-    --compare-blog-loop 3` measured is that memory (the README has the numbers); the copies
-    and waits saved are meant for a GPU, where it has not been measured yet."""
+    once an epoch (no wait per step), weighted by batch size, so the mean is over images. On a
+    CPU all the gain `--compare-blog-loop` measures comes from the model's channels-last memory
+    (main; the README has the numbers): the copies and waits saved are meant for a GPU."""
     model.train()
     N = len(x)
     perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
@@ -87,9 +86,8 @@ def evaluate(model, x, y, batch_size=1000):
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
           history, ckpt_path, config):
-    """Train up to epoch `epochs`, after those in history (one dict per epoch; [] for a new run):
-    a line per epoch, validation every log_every epochs and at the last, and the checkpoint
-    written to ckpt_path after every epoch. A loss that is not finite stops the run."""
+    """Train up to epoch `epochs` after history's (a dict per epoch; []: a new run), validating
+    every log_every and at the last, saving ckpt_path every epoch; a non-finite loss stops it."""
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
@@ -162,8 +160,7 @@ def main(argv=None):
 # beyond the blog: what train_epoch's changes buy, measured
 
 def compare_loops(x_train, y_train, args):
-    """Alternate epochs of the blog's loop, the blog's loop on a channels-last model, and ours
-    (train_epoch, channels-last), each on a fresh model; print the medians."""
+    """Alternate epochs of the blog's loop, it on a channels-last model, and ours; the medians."""
     torch.manual_seed(args.seed)
     x_dev, y_dev = x_train[:, None].to(args.device), y_train.to(args.device)
     times = {'blog': [], 'blog, channels-last': [], 'ours': []}
@@ -186,13 +183,11 @@ def compare_loops(x_train, y_train, args):
         for name, m in medians.items()))
 
 # -----------------------------------------------------------------------------
-# plumbing: a first reading can skip the rest of this file.
-# The command line: the flags (the defaults are the blog's settings), checked and printed; the
-# device picked, the output folder checked before any work
+# plumbing: a first reading can skip the rest of this file. The flags (the defaults are the
+# blog's settings), checked and printed; the device picked, the output folder checked
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier (the "
-                                     "defaults are the blog's settings).",
+    parser = argparse.ArgumentParser(description="Train the blog's MNIST classifier.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data-dir', default='data', help='folder with (or for) the IDX files')
     parser.add_argument('--epochs', type=int, default=100, help='train up to this epoch')
@@ -216,8 +211,7 @@ def parse_args(argv):
 # the checkpoint: what it takes to evaluate the model, and to train on from it
 
 def save_checkpoint(path, model, optimizer, history, config):
-    """Write the training state after the last epoch of history to path, whole or not at all
-    (write_atomic): what it takes to evaluate the model, and to train on from it."""
+    """Write the training state after history's last epoch to path, whole or not at all."""
     last = history[-1]
     cuda = config['device'].startswith('cuda')
     state = {'model': model.state_dict(), 'network': repr(model),   # its layers, as print(model)
@@ -229,8 +223,7 @@ def save_checkpoint(path, model, optimizer, history, config):
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 def resume(path, model, optimizer, config):
-    """Load the checkpoint at path into model, optimizer and the random number generators, so
-    that training goes on as if it had never stopped; return its history."""
+    """Load path's checkpoint into model, optimizer and the random generators; its history."""
     _, ckpt = load_classifier(path)  # none, or one of another network: one line
     # what changes what is learned must stay; --epochs only says where to stop
     old = ckpt['config']
