@@ -26,21 +26,19 @@ from model import POOLING, default_checkpoint, get_device, load_classifier, summ
 # 2 and 4 of the docstring, and step 3's numbers, go beyond the blog: their functions follow)
 
 @torch.no_grad()
-def mean_activations(model, x, y, batch_size=1000):
+def mean_activations(model, x, y):
     """{index in model.levels of a pooling layer: its mean output per digit, (10, C, H, W)},
     over images x (N, 1, 32, 32) with digits y (N,), for a model in eval mode."""
-    sums = {}
-    for h, yb in zip(x.split(batch_size), y.split(batch_size)):     # (B, 1, 32, 32), (B,)
-        # the blog's loop: through the levels' layers one by one (the blog's layers 0 to 8),
-        # keeping each pooling layer's output (the blog's 2, 5 and 8)
+    maps = {}
+    for digit in range(10):
+        # the blog's loop: a digit's images through the levels' layers one by one (the blog's
+        # layers 0 to 8), keeping the mean of each pooling layer's output (the blog's 2, 5, 8)
+        h = x[y == digit]                                             # (N_digit, 1, 32, 32)
         for i, layer in enumerate(model.levels):
             h = layer(h)
-            if isinstance(layer, POOLING):                            # h: (B, C, H, W)
-                if i not in sums:  # float64 on the CPU: exact enough, and MPS has no float64
-                    sums[i] = torch.zeros(10, *h.shape[1:], dtype=torch.float64)
-                sums[i].index_add_(0, yb.cpu(), h.cpu().double())     # each image to its digit
-    counts = torch.bincount(y.cpu(), minlength=10).double()           # (10,) images per digit
-    return {i: (s / counts.view(10, 1, 1, 1)).float() for i, s in sums.items()}
+            if isinstance(layer, POOLING):                            # h: (N_digit, C, H, W)
+                maps.setdefault(i, []).append(h.mean(0).cpu())        # (C, H, W)
+    return {i: torch.stack(m) for i, m in maps.items()}              # {i: (10, C, H, W)}
 
 def plot_maps(maps, path, title):
     """maps (10, C, H, W) as one image: a row per digit, a column per channel, one colour scale."""
