@@ -33,9 +33,9 @@ from model import SHARED_ID, classifier_id, default_checkpoint, get_device, load
 @torch.no_grad()
 def embed(model, x, features='after-relu', batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on the
-    model's device, in eval mode. The blog histograms the features before the last ReLU; we score
-    them after it (what the head reads), as the series' final part does: `python fid.py` gives
-    0.28 for the test digits, where it has 0.30 (`--features before-relu`: 11.42)."""
+    model's device, in eval mode. The blog takes the features before the last ReLU, as more normal;
+    we score them after it (what the head reads), on the scale of the series' final part: 0.28 for
+    the test digits where it reports 0.30 (`python fid.py`; `--features before-relu`: 11.42)."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     f, probs = [], []

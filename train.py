@@ -36,7 +36,7 @@ def make_optimizer(model, lr):
 def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
     """One epoch as the blog's inner loop writes it, on x_train (N, 32, 32) and y_train (N,) on
     the host: a new order, then for each batch: copy it to the device, forward, loss, backward,
-    step; it returns the mean of the batch losses."""
+    step; the mean of the batch losses. --compare-blog-loop runs it; train() runs train_epoch."""
     model.train()
     num_batches = math.ceil(len(x_train) / batch_size)
     train_ids = torch.randperm(len(x_train))
