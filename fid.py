@@ -57,12 +57,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
     for small sets, roughly like 1/N: compare at one N (test digits: about 0.3 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(a).double() for a in (mu1, sigma1, mu2, sigma2))
-    # sigma1 sigma2 has the eigenvalues of the symmetric PSD matrix sqrt(s1) sigma2 sqrt(s1), s1 =
-    # sigma1, so the trace is the sum of their square roots: never NaN or complex (as sqrtm's can):
-    w, V = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
-    sqrt1 = (V * w.clamp(min=0).sqrt()) @ V.T                        # (D, D)
-    M = sqrt1 @ sigma2 @ sqrt1                                        # (D, D) symmetric PSD
-    tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
+    # tr(sqrt(sigma1 sigma2)) is the sum of the square roots of the eigenvalues of sigma1 sigma2:
+    # real and >= 0 for covariances, up to rounding, whose tiny imaginary parts .real drops
+    tr_sqrt = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
     fd = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
     return max(fd.item(), 0.0)  # the true value is >= 0; clip the rounding below it
 
@@ -454,13 +451,12 @@ def corrupt(x, sigma, g):
     return x
 
 def failure_table(model, real, x_train, x_val, y_val, features, batch_size, seed):
-    """A report-card row for each set of images whose failure we know, all against the training
-    set, to show what each metric responds to: the test digits (the best a generator can
-    honestly do); digits 0-4 only (recall and coverage halve, the digit rows name the missing);
-    blurred (precision stays, recall collapses); noise (precision and density fall first);
-    pure noise of the training pixels' mean and std (FID, recall and coverage say it all);
-    memorisers: training digits as they are, moved by one pixel, or half of them with half the
-    test digits (the other metrics see a plausible generator; only copies sees what they are)."""
+    """A report-card row for each set of images whose failure we know, against the training set:
+    what each metric responds to. The test digits (the best a generator can honestly do); digits
+    0-4 only (recall and coverage halve, the digit rows name the missing); blurred (precision
+    stays, recall collapses); noise (precision and density fall first); pure noise of the training
+    pixels' mean and std (FID, recall and coverage say it all); memorisers: training digits as
+    they are, moved a pixel, or half copies (only copies sees what they are)."""
     g = torch.Generator().manual_seed(seed)
     digits = x_train[..., 2:30, 2:30]                                 # (60000, 1, 28, 28)
     noise = digits.mean() + digits.std() * torch.randn(len(x_val), 1, 28, 28, generator=g)

@@ -48,12 +48,14 @@ def test_frechet_distance_closed_forms():
     expected = ((mu[:4] - 1) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     assert frechet_distance(mu[:4], np.diag(a), np.ones(4), np.diag(b)) == pytest.approx(expected)
 
-def test_frechet_distance_against_the_eigenvalues_of_the_product():
-    # tr(sqrt(s1 s2)) = the sum of the square roots of the eigenvalues of s1 s2 (all >= 0)
+def test_frechet_distance_against_the_symmetric_square_root():
+    # tr(sqrt(s1 s2)) = tr(sqrt(r s2 r)) with r = sqrt(s1): a symmetric matrix's square root
     rng = np.random.default_rng(1)
     mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
     s1, s2 = random_cov(6, rng), random_cov(6, rng)
-    tr = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
+    w, V = np.linalg.eigh(s1)
+    r = (V * np.sqrt(w)) @ V.T
+    tr = np.sqrt(np.linalg.eigvalsh(r @ s2 @ r).clip(0)).sum()
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-9)   # symmetric
