@@ -25,8 +25,7 @@ from mnist import check_writable, load_mnist, run_script, save_figure, write_ato
 from model import Classifier, classifier_id, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's training: the optimizer, its epoch (then ours, the same made faster), the evaluation,
-# the loop, the figure
+# the blog's training: the optimizer, its epoch, the evaluation, the loop, the figure
 
 def make_optimizer(model, lr):
     """The blog's optimizer, Adam; all of train.py makes it here, so trying another is this one
@@ -35,8 +34,8 @@ def make_optimizer(model, lr):
 
 def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
     """One epoch as the blog's inner loop writes it, on x_train (N, 32, 32) and y_train (N,) on
-    the host: a new order, then for each batch: copy it to the device, forward, loss, backward,
-    step; the mean of the batch losses. --compare-blog-loop runs it; train() runs train_epoch."""
+    the host: a new order, then per batch: copy it to the device, forward, loss, backward, step;
+    the mean batch loss. --compare-blog-loop runs it; train() runs train_epoch, its faster twin."""
     model.train()
     num_batches = math.ceil(len(x_train) / batch_size)
     train_ids = torch.randperm(len(x_train))
@@ -52,27 +51,6 @@ def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
         average_loss += loss.item()                    # waits for the device every step
     return average_loss / num_batches
 
-def train_epoch(model, optimizer, x, y, batch_size):
-    """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
-    y (N,) are on the device already (no copy per step), and the loss is summed there and read
-    once an epoch (no wait per step), weighted by batch size, so the mean is over images. On a
-    CPU all the gain `--compare-blog-loop` measures comes from the model's channels-last memory
-    (main; the README has the numbers): the copies and waits saved are meant for a GPU."""
-    model.train()
-    N = len(x)
-    perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
-    loss_sum = torch.zeros((), device=x.device)
-    for i in range(0, N, batch_size):
-        idx = perm[i:i + batch_size]                   # (B,) the last batch may be smaller
-        xb, yb = x[idx], y[idx]                        # (B, 1, 32, 32), (B,) gathered on the device
-        logits = model(xb)                             # (B, 10)
-        loss = F.cross_entropy(logits, yb)             # the mean over the batch
-        optimizer.zero_grad(set_to_none=True)          # drop the last step's gradients
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(idx)           # no .item(): the device runs on
-    return loss_sum / N                                # a 0-d tensor on the device
-
 @torch.no_grad()
 def evaluate(model, x, y, batch_size=1000):
     """The mean cross-entropy and the accuracy of model on x, y, in eval mode (no dropout)."""
@@ -86,29 +64,30 @@ def evaluate(model, x, y, batch_size=1000):
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
           history, ckpt_path, config):
-    """Train up to epoch `epochs` after history's (a dict per epoch; []: a new run), validating
-    every log_every and at the last, saving ckpt_path every epoch; a non-finite loss stops it."""
+    """The blog's outer loop, from the epoch after history's (a dict per epoch; []: a new run) up
+    to `epochs`: train, validate every log_every epochs and at the last, save the checkpoint."""
     for epoch in range(len(history) + 1, epochs + 1):
+        # one pass over the training set: blog_epoch's steps, made faster (train_epoch, below)
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
-        dt = time.perf_counter() - t0                  # the training pass alone (.item() waits)
-        if not math.isfinite(train_loss):              # NaN or +-inf: the weights are lost
+        dt = time.perf_counter() - t0
+        # a NaN or infinite loss has ruined the weights: stop, the last good epoch kept on disk
+        if not math.isfinite(train_loss):
             kept = f'{ckpt_path} holds epoch {epoch - 1}' if history else 'nothing was saved'
             raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}: '
                                      f'training stopped, {kept}; try a smaller --lr')
+        # the validation loss and accuracy, every log_every epochs (the blog's i_log) and the last
         line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
         val_loss = val_acc = None
-        if epoch % log_every == 0 or epoch == epochs:  # the blog's i_log
+        if epoch % log_every == 0 or epoch == epochs:
             val_loss, val_acc = evaluate(model, x_val, y_val)
             line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
         history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                             val_acc=val_acc, seconds=dt))
-        if epoch == 1 and ckpt_path.exists():          # a new run: keep the last run's checkpoint
-            prev = ckpt_path.with_name('classifier.prev.pt')
-            replacing = ', replacing the one there' if prev.exists() else ''
-            print(f'kept {ckpt_path} as {prev}{replacing}')
-            ckpt_path.replace(prev)
-        save_checkpoint(ckpt_path, model, optimizer, history, config)   # before the epoch's line
+        # the checkpoint, every epoch; a new run first moves the last run's to classifier.prev.pt
+        if epoch == 1:
+            keep_previous(ckpt_path)
+        save_checkpoint(ckpt_path, model, optimizer, history, config)
         print(f'{line} | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
     return history
 
@@ -157,7 +136,28 @@ def main(argv=None):
           f'numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
-# beyond the blog: what train_epoch's changes buy, measured
+# beyond the blog: the blog's epoch made faster, which train() runs, and what that buys, measured
+
+def train_epoch(model, optimizer, x, y, batch_size):
+    """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
+    y (N,) are on the device already (no copy per step), and the loss is summed there and read
+    once an epoch (no wait per step), weighted by batch size, so the mean is over images. On a
+    CPU all the gain `--compare-blog-loop` measures comes from the model's channels-last memory
+    (set in main): the copies and waits saved are meant for a GPU."""
+    model.train()
+    N = len(x)
+    perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
+    loss_sum = torch.zeros((), device=x.device)
+    for i in range(0, N, batch_size):
+        idx = perm[i:i + batch_size]                   # (B,) the last batch may be smaller
+        xb, yb = x[idx], y[idx]                        # (B, 1, 32, 32), (B,) gathered on the device
+        logits = model(xb)                             # (B, 10)
+        loss = F.cross_entropy(logits, yb)             # the mean over the batch
+        optimizer.zero_grad(set_to_none=True)          # drop the last step's gradients
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)           # no .item(): the device runs on
+    return loss_sum / N                                # a 0-d tensor on the device
 
 def compare_loops(x_train, y_train, args):
     """Alternate epochs of the blog's loop, it on a channels-last model, and ours; the medians."""
@@ -209,6 +209,13 @@ def parse_args(argv):
     return args
 
 # the checkpoint: what it takes to evaluate the model, and to train on from it
+
+def keep_previous(path):
+    """Move the checkpoint at path, if any, to classifier.prev.pt beside it, saying so."""
+    prev = path.with_name('classifier.prev.pt')
+    if path.exists():
+        print(f'kept {path} as {prev}' + (', replacing the one there' if prev.exists() else ''))
+        path.replace(prev)
 
 def save_checkpoint(path, model, optimizer, history, config):
     """Write the training state after history's last epoch to path, whole or not at all."""
