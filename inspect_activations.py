@@ -6,8 +6,7 @@ Diffusion Series: MNIST Classifier" (Nick Tasios) does.
 
 1. The mean output of each pooling layer per digit: out/activations_level{0,1,2}.png.
 2. Dead channels, near zero for every digit: the blog's "waste of memory/compute".
-3. The features' histograms (out/feature_histograms.png) and how normal they are, before and
-   after the last ReLU (model.features; fid.embed's docstring says which fid.py scores, and why).
+3. The features' histograms (out/feature_histograms.png), how normal before and after the ReLU.
 4. The mistakes: the accuracy per digit, the most frequent confusions, and out/mistakes.png.
 """
 
@@ -41,7 +40,8 @@ def mean_activations(model, x, y):
     return {i: torch.stack(m) for i, m in maps.items()}              # {i: (10, C, H, W)}
 
 def plot_maps(maps, path, title):
-    """maps (10, C, H, W) as one image: a row per digit, a column per channel, one colour scale."""
+    """maps (10, C, H, W) as one image: a row per digit, a column per channel, one colour scale
+    (the blog's figure; mnist.plot_tiles lays out the grid, which a first reading can skip)."""
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 

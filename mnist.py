@@ -26,21 +26,21 @@ IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
 
 def parse_idx(raw, name):
     """The array in the bytes raw of an IDX file (name: for errors), as its header declares it."""
-    # an IDX file (http://yann.lecun.com/exdb/mnist/) is a header and one flat array. The
-    # header: two zero bytes, the element type, the number of dimensions, then the size of
-    # each dimension as a big-endian 32-bit integer
-    ndim = raw[3] if len(raw) >= 4 else 0
-    start = 4 + 4 * ndim
-    if len(raw) < start or raw[:2] != b'\0\0' or raw[2] not in IDX_DTYPES:
-        raise ValueError(f'{name}: not an IDX file (its header: {raw[:start].hex(" ") or "none"})')
-    dtype, shape = IDX_DTYPES[raw[2]], struct.unpack_from(f'>{ndim}I', raw, 4)
-    # the data: the elements in row-major order, as many as the shape says (checked first)
+    # the header (http://yann.lecun.com/exdb/mnist/): two zero bytes, the element type (0x08 in
+    # MNIST: unsigned bytes), the number of dimensions n, then n sizes as big-endian uint32
+    n = raw[3] if len(raw) >= 4 else 0
+    header = raw[:4 + 4 * n]
+    if len(header) < 4 + 4 * n or header[:2] != b'\0\0' or header[2] not in IDX_DTYPES:
+        raise ValueError(f'{name}: not an IDX file (its header: {header.hex(" ") or "none"})')
+    dtype = IDX_DTYPES[header[2]]
+    shape = struct.unpack(f'>{n}I', header[4:])                       # e.g. (60000, 28, 28)
+    # then the elements, row after row: exactly as many bytes as the shape says
     size = math.prod(shape) * dtype.itemsize
-    if len(raw) - start != size:
+    if len(raw) - len(header) != size:
         raise ValueError(f'{name}: its header declares {shape} {dtype.name}, {size:,} bytes of '
-                         f'data, but {len(raw) - start:,} bytes follow it')
-    # astype: a writable copy in the machine's byte order
-    return np.frombuffer(raw, dtype, offset=start).reshape(shape).astype(dtype.newbyteorder('='))
+                         f'data, but {len(raw) - len(header):,} bytes follow it')
+    x = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
+    return x.astype(dtype.newbyteorder('='))          # a writable copy in this machine's order
 
 def load_mnist(data_dir='data'):
     """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixels

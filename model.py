@@ -8,9 +8,8 @@ section takes them.
     before, after = model.features(x)    # (B, 128) each: before and after the last ReLU
     model, ckpt = load_classifier()      # trained: out/classifier.pt, or the shared classifier
 
-It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters: the code the blog prints, which we
-follow. Its text says 16,554; the same k x k kernel in all three convolutions would give
-648 k^2 + 1,346 parameters: 7,178 for k = 3, 17,546 for k = 5.
+It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters, as the code the blog prints; its text says
+16,554, which one k x k kernel in all three convolutions never gives: 648 k^2 + 1,346 does.
 """
 
 import hashlib
@@ -55,12 +54,12 @@ class Classifier(nn.Module):
     def features(self, x):
         """The features of images x (B, 1, 32, 32): (before, after) the last ReLU, (B, 128)
         each. Before: the blog's histograms; after: what the head reads, which fid.py scores."""
-        # the blog's line: avg_pool2d(model.layers[:7](x), 4), flattened: the layers up to the
-        # last convolution, without its ReLU, pooled as the last level pools
+        # the blog's line, avg_pool2d(model.layers[:7](x), 4) flattened: the layers up to the
+        # last convolution (all but the last level's ReLU and pooling), pooled as that level pools
         h = self.levels[:-2](x)                       # (B, 32, 8, 8)
-        pool = self.levels[-1]                        # AvgPool2d(4)
+        relu, pool = self.levels[-2:]                 # ReLU, AvgPool2d(4)
         before = pool(h).flatten(1)                   # (B, 128)
-        after = pool(self.levels[-2](h)).flatten(1)   # (B, 128): self.levels(x), flattened
+        after = pool(relu(h)).flatten(1)              # (B, 128): self.levels(x), flattened
         return before, after
 
 # -----------------------------------------------------------------------------
