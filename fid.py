@@ -28,14 +28,15 @@ from mnist import check_writable, load_mnist, plot_tiles, run_script, write_atom
 from model import SHARED_ID, classifier_id, default_checkpoint, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the FID, which the post prepares: images -> features -> mean and covariance -> distance
+# the FID the post prepares (it shows no code for it): features, mean and covariance, distance
 
 @torch.no_grad()
 def embed(model, x, features='after-relu', batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on the
-    model's device, in eval mode. The blog takes the features before the last ReLU, as more normal;
-    we score them after it (what the head reads), on the scale of the series' final part: 0.28 for
-    the test digits where it reports 0.30 (`python fid.py`; `--features before-relu`: 11.42)."""
+    model's device, in eval mode. The post plots the features before the last ReLU, which are
+    closer to normal. We score those after it by default: only then are our FIDs on the scale of
+    the series' later parts. `python fid.py` gives 0.28 for the test digits, where they report
+    0.30; `python fid.py --features before-relu` gives 11.42."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     f, probs = [], []
@@ -57,8 +58,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
     for small sets, roughly like 1/N: compare at one N (test digits: about 0.3 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(a).double() for a in (mu1, sigma1, mu2, sigma2))
-    # tr(sqrt(sigma1 sigma2)) is the sum of the square roots of the eigenvalues of sigma1 sigma2:
-    # real and >= 0 for covariances, up to rounding, whose tiny imaginary parts .real drops
+    # tr(sqrt(sigma1 sigma2)) is the sum of the square roots of the eigenvalues of sigma1 sigma2.
+    # They are those of sqrt(sigma1) sigma2 sqrt(sigma1), a covariance too, so real and >= 0;
+    # rounding leaves tiny imaginary parts, which .real drops
     tr_sqrt = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
     fd = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
     return max(fd.item(), 0.0)  # the true value is >= 0; clip the rounding below it

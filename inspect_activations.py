@@ -21,17 +21,17 @@ from mnist import check_writable, load_mnist, plot_tiles, run_script, save_figur
 from model import POOLING, default_checkpoint, get_device, load_classifier, summary
 
 # -----------------------------------------------------------------------------
-# the blog's path: the mean activation maps per digit, the feature histograms, and main (steps
-# 2 and 4 of the docstring, and step 3's numbers, go beyond the blog: their functions follow)
+# the blog's path: the mean activation maps per digit, the feature histograms, and main. Steps 2
+# and 4 of the docstring, and step 3's numbers, go beyond the blog; their functions come after
 
 @torch.no_grad()
 def mean_activations(model, x, y):
-    """{index in model.levels of a pooling layer: its mean output per digit, (10, C, H, W)},
-    over images x (N, 1, 32, 32) with digits y (N,), for a model in eval mode."""
+    """The mean output of each pooling layer for each digit, over the images x (N, 1, 32, 32)
+    with digits y (N,). A dict: the layer's index in model.levels -> a (10, C, H, W) tensor."""
     maps = {}
     for digit in range(10):
-        # the blog's loop: a digit's images through the levels' layers one by one (the blog's
-        # layers 0 to 8), keeping the mean of each pooling layer's output (the blog's 2, 5, 8)
+        # the blog's loop: a digit's images through the layers one by one (the blog's 0 to 8),
+        # keeping the mean output of each pooling layer (the blog's layers 2, 5 and 8)
         h = x[y == digit]                                             # (N_digit, 1, 32, 32)
         for i, layer in enumerate(model.levels):
             h = layer(h)
@@ -40,14 +40,14 @@ def mean_activations(model, x, y):
     return {i: torch.stack(m) for i, m in maps.items()}              # {i: (10, C, H, W)}
 
 def plot_maps(maps, path, title):
-    """maps (10, C, H, W) as one image: a row per digit, a column per channel, one colour scale
-    (the blog's figure; mnist.plot_tiles lays out the grid, which a first reading can skip)."""
+    """The blog's figure of maps (10, C, H, W): a row per digit, a column per channel, drawn with
+    one colour scale. mnist.plot_tiles lays out the grid; a first reading can skip how."""
     plot_tiles(maps, path, title, rows=range(10), cols=range(maps.shape[1]), cmap='viridis',
                vmax=None)
 
 def plot_histograms(f, path, title, bins=100):
-    """A 4x4 grid: histograms of the first 16 features f (N, D), as the blog draws them.
-    Feature k of the blog's network is channel k // 4 at position k % 4 of its 2x2 map."""
+    """The blog's 4x4 grid of histograms of the first 16 features f (N, D). In the blog's
+    network, feature k is channel k // 4 at position k % 4 of its 2x2 map."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10))
     for k, (ax, v) in enumerate(zip(fig.subplots(4, 4, gridspec_kw={'hspace': 0.3}).flat, f.T)):
@@ -60,33 +60,35 @@ def plot_histograms(f, path, title, bins=100):
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    model, ckpt = load_classifier(args.checkpoint, args.device)   # ckpt: what train.py saved
+    # the trained classifier, in eval mode, and its checkpoint: a dict of what train.py saved
+    # (its epoch and val_acc are printed here; summary() gives the shapes and counts)
+    model, ckpt = load_classifier(args.checkpoint, args.device)
     acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')
     _, _, x_val, y_val = load_mnist(args.data_dir)
-    x_val = x_val[:, None].to(args.device)                            # (10000, 1, 32, 32)
+    x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
-    # 1. and 2.: the mean maps per digit at each level, and the channels that never fire
-    maps = mean_activations(model, x_val, y_val.to(args.device))   # {index: (10, C, H, W)}
+    # the blog's figures: the mean maps per digit at each level, the features' histograms
+    maps = mean_activations(model, x_val, y_val)                      # {index: (10, C, H, W)}
     for level, (i, m) in enumerate(maps.items()):
         path = out / f'activations_level{level}.png'
         plot_maps(m, path, f'level {level}: levels[{i}], mean over the test images of each '
                            f'digit ({m.shape[1]} channels of {m.shape[2]}x{m.shape[3]})')
-        dead, limit = dead_channels(m, args.dead_threshold)
-        print(f'level {level} (levels[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
-              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every '
-              f'digit) | wrote {path}')
-
-    # 3.: the features before and after the last ReLU over the test set (model.features)
+        print(f'wrote {path}')
     with torch.no_grad():
         before, after = (f.cpu().numpy() for f in model.features(x_val))   # (10000, 128) each
     plot_histograms(before, out / 'feature_histograms.png', 'the features before the last ReLU')
     print(f'wrote {out / "feature_histograms.png"}')
+
+    # beyond the blog (the functions after the ruler below): the channels that never fire, how
+    # normal the features are, and what the classifier gets wrong
+    for level, (i, m) in enumerate(maps.items()):
+        dead, limit = dead_channels(m, args.dead_threshold)
+        print(f'level {level} (levels[{i}], {m.shape[1]} channels): dead channels {dead} (mean '
+              f'activation <= {limit:.4f} = {args.dead_threshold} x the largest, for every digit)')
     print("before the ReLU (the blog's features): " + normality_summary(before))
     print('after the ReLU:                       ' + normality_summary(after))
-
-    # 4.: what the classifier gets wrong, and how sure it was
-    print_mistakes(model, x_val, y_val, out / 'mistakes.png', args.mistakes)
+    print_mistakes(model, x_val, y_val.cpu(), out / 'mistakes.png', args.mistakes)
     print(f'done in {time.perf_counter() - t0:.1f} s')
 
 # -----------------------------------------------------------------------------

@@ -25,27 +25,19 @@ IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
               0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 def parse_idx(raw, name):
-    """The array in the bytes raw of an IDX file (name: for errors), as its header declares it."""
-    # the header (http://yann.lecun.com/exdb/mnist/): two zero bytes, the element type (0x08 in
-    # MNIST: unsigned bytes), the number of dimensions n, then n sizes as big-endian uint32
-    n = raw[3] if len(raw) >= 4 else 0
-    header = raw[:4 + 4 * n]
-    if len(header) < 4 + 4 * n or header[:2] != b'\0\0' or header[2] not in IDX_DTYPES:
-        raise ValueError(f'{name}: not an IDX file (its header: {header.hex(" ") or "none"})')
-    dtype = IDX_DTYPES[header[2]]
-    shape = struct.unpack(f'>{n}I', header[4:])                       # e.g. (60000, 28, 28)
-    # then the elements, row after row: exactly as many bytes as the shape says
-    size = math.prod(shape) * dtype.itemsize
-    if len(raw) - len(header) != size:
-        raise ValueError(f'{name}: its header declares {shape} {dtype.name}, {size:,} bytes of '
-                         f'data, but {len(raw) - len(header):,} bytes follow it')
-    x = np.frombuffer(raw, dtype, offset=len(header)).reshape(shape)
-    return x.astype(dtype.newbyteorder('='))          # a writable copy in this machine's order
+    """The array stored in raw, the bytes of an IDX file; name is the file's, for errors."""
+    check_idx(raw, name)  # a one-line ValueError, unless raw is a whole IDX file (see below)
+    # the header: two zero bytes, the element type (0x08 in MNIST: unsigned bytes), the number
+    # of dimensions n, then the n sizes as big-endian 32-bit integers; then the elements, in order
+    dtype, n = IDX_DTYPES[raw[2]], raw[3]
+    shape = struct.unpack_from(f'>{n}I', raw, 4)                      # e.g. (60000, 28, 28)
+    x = np.frombuffer(raw, dtype, offset=4 + 4 * n).reshape(shape)
+    return x.astype(dtype.newbyteorder('='))          # a writable copy, in this machine's order
 
 def load_mnist(data_dir='data'):
-    """x_train (60000, 32, 32), y_train (60000,), x_val (10000, 32, 32), y_val (10000,): pixels
-    / 255 as float32, padded to 32x32, int64 labels; as in the blog, the test set validates."""
-    # each file read from data_dir (or downloaded there), unzipped, checked, parsed: uint8 arrays
+    """The images x_train (60000, 32, 32) and x_val (10000, 32, 32), float32 in [0, 1], and their
+    digits y_train (60000,) and y_val (10000,), int64. As in the blog, the test set validates."""
+    # each file's bytes, read from data_dir (or downloaded there first) and unzipped, then parsed
     names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte',   # (60000, 28, 28), (60000,)
              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']     # (10000, 28, 28), (10000,)
     arrays = [parse_idx(read_or_download(name, data_dir), name) for name in names]
@@ -56,8 +48,8 @@ def load_mnist(data_dir='data'):
     return x_train, y_train.long(), x_val, y_val.long()
 
 def plot_samples(x, y, path, per_digit=10, seed=0):
-    """The blog's figure of sample digits: a row of random images x (N, 32, 32) of each digit
-    y (N,), drawn without repeats (the blog's randint may repeat one)."""
+    """The blog's figure of sample digits: for each digit in y (N,), a row of random images of it
+    from x (N, 32, 32). randperm, unlike the blog's randint, never draws an image twice."""
     from matplotlib.figure import Figure  # not pyplot: nothing opens a window
     g = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(per_digit / 2, 5))
@@ -88,10 +80,13 @@ def plot_tiles(tiles, path, title='', rows=(), cols=(), labels=(), cmap='gray', 
     a PNG; NaN pixels (gaps, empty tiles) are white. rows, cols: labels of the rows and columns
     of tiles; labels: R lists of C short texts for the tiles' corners; vmax=None: the largest."""
     from matplotlib.figure import Figure
+    # the tiles as one image: each tile's pixel rows side by side across its grid row, with a
+    # gap of one NaN pixel after every tile, then the last gaps cut off
     R, C, H, W = np.shape(tiles)
     grid = np.full((R, H + 1, C, W + 1), np.nan)                       # NaN = gap
     grid[:, :H, :, :W] = np.asarray(tiles, dtype=np.float64).transpose(0, 2, 1, 3)  # (R, H, C, W)
     grid = grid.reshape(R * (H + 1), C * (W + 1))[:-1, :-1]            # (R*(H+1)-1, C*(W+1)-1)
+    # drawn with the row and column labels as ticks, the tiles' labels in their corners
     fig = Figure(figsize=(0.6 * C + 1, 0.6 * R + 1))
     ax = fig.subplots()
     ax.imshow(grid, cmap=cmap, vmin=0, vmax=np.nanmax(grid) if vmax is None else vmax,
@@ -112,7 +107,7 @@ def save_figure(fig, path):
 
 # -----------------------------------------------------------------------------
 # plumbing: a first reading can skip the rest of this file. The MNIST files: read from data_dir,
-# or downloaded there, and checked by the SHA-256 of their decompressed content
+# or downloaded there, checked by the SHA-256 of their decompressed content; an IDX file checked
 
 import argparse
 import gzip
@@ -132,6 +127,18 @@ SHA256 = {
 MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',        # torchvision's first choice
            'https://storage.googleapis.com/cvdf-datasets/mnist/',
            'http://yann.lecun.com/exdb/mnist/']                       # the original, often down
+
+def check_idx(raw, name):
+    """Raise a ValueError naming the file unless raw is an IDX header and the bytes it declares."""
+    n = raw[3] if len(raw) >= 4 else 0
+    header = raw[:4 + 4 * n]
+    if len(header) < 4 + 4 * n or header[:2] != b'\0\0' or header[2] not in IDX_DTYPES:
+        raise ValueError(f'{name}: not an IDX file (its header: {header.hex(" ") or "none"})')
+    shape, dtype = struct.unpack(f'>{n}I', header[4:]), IDX_DTYPES[header[2]]
+    size = math.prod(shape) * dtype.itemsize
+    if len(raw) - len(header) != size:
+        raise ValueError(f'{name}: its header declares {shape} {dtype.name}, {size:,} bytes of '
+                         f'data, but {len(raw) - len(header):,} bytes follow it')
 
 def read_or_download(name, data_dir):
     """The bytes of the MNIST file name, from data_dir (gzipped or not) or downloaded, checked."""

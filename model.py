@@ -8,8 +8,8 @@ section takes them.
     before, after = model.features(x)    # (B, 128) each: before and after the last ReLU
     model, ckpt = load_classifier()      # trained: out/classifier.pt, or the shared classifier
 
-It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters, as the code the blog prints; its text says
-16,554, which one k x k kernel in all three convolutions never gives: 648 k^2 + 1,346 does.
+It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters, as the code the blog prints (its text says
+16,554; the README says what we checked).
 """
 
 import hashlib
@@ -26,10 +26,10 @@ class Classifier(nn.Module):
     def __init__(self):
         super().__init__()
         c1, c2, c3 = 8, 16, 32  # the channels of the three levels
-        # the blog's self.layers in two parts: the levels (a convolution, a ReLU and a pooling
-        # layer, three times: three resolutions), then the head that reads their output. Edit
-        # them freely; the last level must end with its activation and then its pooling (the
-        # features are read between them), and the Linear's 128 must be channels x H x W
+        # the blog's self.layers, in two parts. The levels: three times a convolution, a ReLU and
+        # a pooling layer, one per resolution. The head reads the last level's output. Edit them
+        # freely, but end the last level with its activation, then its pooling (the features are
+        # read between the two), and keep the Linear's 128 equal to channels x H x W
         self.levels = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding='same'),    # 0: (B, 8, 32, 32)   1*8*9 + 8 = 80 params
             nn.ReLU(),                              # 1
@@ -52,10 +52,10 @@ class Classifier(nn.Module):
         return self.head(self.levels(x))
 
     def features(self, x):
-        """The features of images x (B, 1, 32, 32): (before, after) the last ReLU, (B, 128)
-        each. Before: the blog's histograms; after: what the head reads, which fid.py scores."""
-        # the blog's line, avg_pool2d(model.layers[:7](x), 4) flattened: the layers up to the
-        # last convolution (all but the last level's ReLU and pooling), pooled as that level pools
+        """The features of images x (B, 1, 32, 32) before and after the last ReLU, (B, 128) each.
+        The blog plots those before it; the head reads those after it, and fid.py scores them."""
+        # the blog's line is avg_pool2d(model.layers[:7](x), 4), flattened: every layer up to the
+        # last convolution (all but the last level's ReLU and pooling), then that level's pooling
         h = self.levels[:-2](x)                       # (B, 32, 8, 8)
         relu, pool = self.levels[-2:]                 # ReLU, AvgPool2d(4)
         before = pool(h).flatten(1)                   # (B, 128)

@@ -7,7 +7,7 @@ the flags' defaults: --lr 1e-3, --batch-size 256, --epochs 100, --log-every 10 (
     python train.py                        # 100 epochs, as in the blog (device: auto)
     python train.py --device cpu --epochs 10
     python train.py --resume --epochs 150  # continue out/classifier.pt up to epoch 150
-    python train.py --compare-blog-loop 3  # time the blog's loop against ours, then exit
+    python train.py --compare-blog-loop 3  # time the loop as the post runs it and as we do
 
 Writes out/classifier.pt after every epoch, and out/loss.png at the end.
 """
@@ -28,48 +28,47 @@ from model import Classifier, classifier_id, get_device, load_classifier, summar
 # the blog's training: the optimizer, its epoch, the evaluation, the loop, the figure
 
 def make_optimizer(model, lr):
-    """The blog's optimizer, Adam; all of train.py makes it here, so trying another is this one
-    line and its own --lr: torch.optim.SGD(model.parameters(), lr, momentum=0.9), --lr 0.05."""
+    """The blog's optimizer, Adam. train.py makes it only here, so trying another is one line
+    and its --lr: torch.optim.SGD(model.parameters(), lr, momentum=0.9) with --lr 0.05."""
     return torch.optim.Adam(model.parameters(), lr=lr)
 
-def blog_epoch(model, optimizer, x_train, y_train, batch_size, device):
-    """One epoch as the blog's inner loop writes it, on x_train (N, 32, 32) and y_train (N,) on
-    the host: a new order, then per batch: copy it to the device, forward, loss, backward, step;
-    the mean batch loss. --compare-blog-loop runs it; train() runs train_epoch, its faster twin."""
+def train_epoch(model, optimizer, x_train, y_train, batch_size, device):
+    """One epoch, as the blog's inner loop writes it: a new order of the images x_train (N, 32, 32)
+    and digits y_train (N,), then for each batch: to the device, forward, loss, zero_grad,
+    backward, step. Returns the mean of the batch losses."""
     model.train()
     num_batches = math.ceil(len(x_train) / batch_size)
     train_ids = torch.randperm(len(x_train))
     average_loss = 0.0
     for bid in range(num_batches):
-        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]
-        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32), copied every step
-        y = y_train[batch_ids].to(device)
-        loss = F.cross_entropy(model(x), y)
+        batch_ids = train_ids[bid * batch_size:(bid + 1) * batch_size]   # the last may be smaller
+        x = x_train[batch_ids, None].to(device)       # (B, 1, 32, 32)
+        y = y_train[batch_ids].to(device)             # (B,)
+        loss = F.cross_entropy(model(x), y)           # model(x): logits (B, 10)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        average_loss += loss.item()                    # waits for the device every step
+        average_loss += loss.item()
     return average_loss / num_batches
 
 @torch.no_grad()
-def evaluate(model, x, y, batch_size=1000):
-    """The mean cross-entropy and the accuracy of model on x, y, in eval mode (no dropout)."""
+def evaluate(model, x, y):
+    """The mean cross-entropy and the accuracy of model on images x (N, 1, 32, 32) and digits
+    y (N,), in eval mode (no dropout): as in the blog, all images in one pass."""
     model.eval()
-    loss_sum = correct = 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        logits = model(xb)                             # (B, 10)
-        loss_sum += F.cross_entropy(logits, yb, reduction='sum')
-        correct += (logits.argmax(1) == yb).sum()
-    return loss_sum.item() / len(x), correct.item() / len(x)
+    logits = model(x)                                  # (N, 10)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).sum().item() / len(y)
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
           history, ckpt_path, config):
-    """The blog's outer loop, from the epoch after history's (a dict per epoch; []: a new run) up
-    to `epochs`: train, validate every log_every epochs and at the last, save the checkpoint."""
+    """The blog's outer loop: train epoch by epoch up to `epochs`, validate every log_every epochs
+    and at the last, save the checkpoint after each. history holds a dict per epoch done ([] for
+    a new run), and the run goes on after its last."""
+    device = next(model.parameters()).device          # the batches go where the model is
     for epoch in range(len(history) + 1, epochs + 1):
-        # one pass over the training set: blog_epoch's steps, made faster (train_epoch, below)
+        # one pass over the training set
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size).item()
+        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, device)
         dt = time.perf_counter() - t0
         # a NaN or infinite loss has ruined the weights: stop, the last good epoch kept on disk
         if not math.isfinite(train_loss):
@@ -107,22 +106,23 @@ def main(argv=None):
     args = parse_args(argv)  # the flags (at the end of the file); args.device: cuda, mps or cpu
     out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
 
-    # the data: decoded and checked on the host, then copied to the device once
+    # the data. The post keeps it on the host and copies each batch to the device; we copy it
+    # there once, so that on a GPU each batch's .to(device) in train_epoch costs nothing
     x_train, y_train, x_val, y_val = load_mnist(args.data_dir)   # (60000, 32, 32), (60000,), ...
-    if args.compare_blog_loop:  # the blog's loop takes the data from the host
+    if args.compare_blog_loop:  # time the loop as the post runs it and as we do, then stop
         return compare_loops(x_train, y_train, args)
-    x_train, x_val = x_train[:, None].to(args.device), x_val[:, None].to(args.device)
-    y_train, y_val = y_train.to(args.device), y_val.to(args.device)   # x: (N, 1, 32, 32)
+    x_train, y_train = x_train.to(args.device), y_train.to(args.device)
+    x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
 
-    # the model; channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
+    # the model. channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
-    config = {**vars(args), 'optimizer': type(optimizer).__name__}   # what the checkpoint records
-    print(f'network: {summary(model)} | optimizer: {config["optimizer"]}')
-    history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # []: a new run
+    config = {**vars(args), 'optimizer': type(optimizer).__name__}   # the checkpoint keeps it
+    print(f'network: {summary(model)} | optimizer: {config["optimizer"]}')   # shapes, counts
+    history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # epochs done
 
-    # train, writing the checkpoint every epoch; then the accuracy on the 10,000 test images
+    # train, saving the checkpoint every epoch; then the blog's accuracy on the 10,000 test images
     t0, start = time.perf_counter(), len(history)
     train(model, optimizer, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
           args.log_every, history, ckpt_path, config)
@@ -136,44 +136,21 @@ def main(argv=None):
           f'numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
-# beyond the blog: the blog's epoch made faster, which train() runs, and what that buys, measured
-
-def train_epoch(model, optimizer, x, y, batch_size):
-    """blog_epoch made faster, the loop train() runs: the same steps, but x (N, 1, 32, 32) and
-    y (N,) are on the device already (no copy per step), and the loss is summed there and read
-    once an epoch (no wait per step), weighted by batch size, so the mean is over images. On a
-    CPU all the gain `--compare-blog-loop` measures comes from the model's channels-last memory
-    (set in main): the copies and waits saved are meant for a GPU."""
-    model.train()
-    N = len(x)
-    perm = torch.randperm(N, device=x.device)          # (N,) a new order every epoch
-    loss_sum = torch.zeros((), device=x.device)
-    for i in range(0, N, batch_size):
-        idx = perm[i:i + batch_size]                   # (B,) the last batch may be smaller
-        xb, yb = x[idx], y[idx]                        # (B, 1, 32, 32), (B,) gathered on the device
-        logits = model(xb)                             # (B, 10)
-        loss = F.cross_entropy(logits, yb)             # the mean over the batch
-        optimizer.zero_grad(set_to_none=True)          # drop the last step's gradients
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(idx)           # no .item(): the device runs on
-    return loss_sum / N                                # a 0-d tensor on the device
+# beyond the blog: what main() changes in how the post runs its loop buys, measured
 
 def compare_loops(x_train, y_train, args):
-    """Alternate epochs of the blog's loop, it on a channels-last model, and ours; the medians."""
+    """Alternate epochs of train_epoch as the post runs it (the data on the host, the default
+    memory layout) and as main() does (the data on the device, a channels-last model)."""
     torch.manual_seed(args.seed)
-    x_dev, y_dev = x_train[:, None].to(args.device), y_train.to(args.device)
-    times = {'blog': [], 'blog, channels-last': [], 'ours': []}
+    runs = {'blog': (x_train, y_train, torch.preserve_format),
+            'ours': (x_train.to(args.device), y_train.to(args.device), torch.channels_last)}
+    times = {name: [] for name in runs}
     for r in range(args.compare_blog_loop):
-        for name in times:
-            memory = torch.preserve_format if name == 'blog' else torch.channels_last
+        for name, (x, y, memory) in runs.items():
             model = Classifier().to(args.device, memory_format=memory)
             optimizer = make_optimizer(model, args.lr)
             t0 = time.perf_counter()
-            if name == 'ours':
-                train_epoch(model, optimizer, x_dev, y_dev, args.batch_size).item()
-            else:
-                blog_epoch(model, optimizer, x_train, y_train, args.batch_size, args.device)
+            train_epoch(model, optimizer, x, y, args.batch_size, args.device)
             times[name].append(time.perf_counter() - t0)
             print(f'round {r + 1} | {name} loop | {times[name][-1]:.2f} s', flush=True)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -199,7 +176,7 @@ def parse_args(argv):
     parser.add_argument('--out-dir', default='out', help='folder for classifier.pt and loss.png')
     parser.add_argument('--resume', action='store_true', help="go on from --out-dir's checkpoint")
     parser.add_argument('--compare-blog-loop', type=int, default=0, metavar='ROUNDS',
-                        help="time ROUNDS epochs of the blog's loop and of ours, then exit")
+                        help='time ROUNDS epochs of the loop as the post runs it and as we do')
     args = parser.parse_args(argv)
     if min(args.epochs, args.batch_size, args.log_every) < 1:
         parser.error('--epochs, --batch-size and --log-every must be at least 1')
