@@ -50,7 +50,8 @@ def plot_histograms(f, path, title, bins=100):
     network, feature k is channel k // 4 at position k % 4 of its 2x2 map."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 10))
-    for k, (ax, v) in enumerate(zip(fig.subplots(4, 4, gridspec_kw={'hspace': 0.3}).flat, f.T)):
+    for k, (ax, v) in enumerate(zip(fig.subplots(4, 4, gridspec_kw={'hspace': 0.3}).flat,
+                                    f[:, :16].T)):
         ax.hist(v, bins=bins)
         ax.set_title(f'feature {k}', fontsize=9)
         ax.set_yticks([])                                             # counts: the shape matters
@@ -60,8 +61,8 @@ def plot_histograms(f, path, title, bins=100):
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    # the trained classifier, in eval mode, and its checkpoint: a dict of what train.py saved
-    # (its epoch and val_acc are printed here; summary() gives the shapes and counts)
+    # the trained model in eval mode, as at the end of train.py, and its checkpoint: a dict of
+    # what train.py saved (its epoch and val_acc are printed here; summary(): shapes, counts)
     model, ckpt = load_classifier(args.checkpoint, args.device)
     acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')

@@ -26,13 +26,14 @@ IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
 
 def parse_idx(raw, name):
     """The array stored in raw, the bytes of an IDX file; name is the file's, for errors."""
-    check_idx(raw, name)  # a one-line ValueError, unless raw is a whole IDX file (see below)
+    check_idx(raw, name)  # only checks: after it, the header is valid and the data as declared
     # the header: two zero bytes, the element type (0x08 in MNIST: unsigned bytes), the number
     # of dimensions n, then the n sizes as big-endian 32-bit integers; then the elements, in order
     dtype, n = IDX_DTYPES[raw[2]], raw[3]
     shape = struct.unpack_from(f'>{n}I', raw, 4)                      # e.g. (60000, 28, 28)
     x = np.frombuffer(raw, dtype, offset=4 + 4 * n).reshape(shape)
-    return x.astype(dtype.newbyteorder('='))          # a writable copy, in this machine's order
+    # a copy in this machine's byte order, and writable (torch.from_numpy warns on read-only)
+    return x.astype(dtype.newbyteorder('='))
 
 def load_mnist(data_dir='data'):
     """The images x_train (60000, 32, 32) and x_val (10000, 32, 32), float32 in [0, 1], and their

@@ -21,6 +21,9 @@ import torch.nn as nn
 # -----------------------------------------------------------------------------
 # the blog's network
 
+# the layers that end a level (a resolution): the blog's layers 2, 5 and 8 are such layers
+POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
 class Classifier(nn.Module):
 
     def __init__(self):
@@ -65,9 +68,6 @@ class Classifier(nn.Module):
 # -----------------------------------------------------------------------------
 # beyond the blog: a network's line of shapes and counts, and the name of a trained classifier
 # (the yardstick fid.py reports its numbers with)
-
-# the layers that end a level (a resolution), as the blog's MaxPool2d and AvgPool2d do
-POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
 @torch.no_grad()
 def summary(model):

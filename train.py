@@ -35,7 +35,8 @@ def make_optimizer(model, lr):
 def train_epoch(model, optimizer, x_train, y_train, batch_size, device):
     """One epoch, as the blog's inner loop writes it: a new order of the images x_train (N, 32, 32)
     and digits y_train (N,), then for each batch: to the device, forward, loss, zero_grad,
-    backward, step. Returns the mean of the batch losses."""
+    backward, step. Returns the mean of the batch losses. The data may be on the host, as in
+    the blog, or on the device already (main puts it there: then .to(device) does nothing)."""
     model.train()
     num_batches = math.ceil(len(x_train) / batch_size)
     train_ids = torch.randperm(len(x_train))
@@ -62,8 +63,9 @@ def evaluate(model, x, y):
 def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
           history, ckpt_path, config):
     """The blog's outer loop: train epoch by epoch up to `epochs`, validate every log_every epochs
-    and at the last, save the checkpoint after each. history holds a dict per epoch done ([] for
-    a new run), and the run goes on after its last."""
+    (epochs count from 1: the blog's (i + 1) % i_log) and at the last, save the checkpoint after
+    each. history holds a dict per epoch done ([] for a new run), and the run goes on after its
+    last; config is only stored in the checkpoint."""
     device = next(model.parameters()).device          # the batches go where the model is
     for epoch in range(len(history) + 1, epochs + 1):
         # one pass over the training set
