@@ -34,9 +34,9 @@ from model import SHARED_ID, classifier_id, default_checkpoint, get_device, load
 def embed(model, x, features='after-relu', batch_size=1000):
     """Features (N, D) and digit probabilities (N, 10) of images x (N, 1, 32, 32), float32 on the
     model's device, in eval mode. The post plots the features before the last ReLU, which are
-    closer to normal. We score those after it by default: only then are our FIDs on the scale of
-    the series' later parts. `python fid.py` gives 0.28 for the test digits, where they report
-    0.30; `python fid.py --features before-relu` gives 11.42."""
+    closer to normal. We score those after it by default, though they are far from normal: only
+    then are our FIDs on the scale of the series' later parts. `python fid.py` gives 0.28 for
+    the test digits, where they report 0.30; `python fid.py --features before-relu` gives 11.42."""
     model.eval()                                                      # no dropout
     device = next(model.parameters()).device
     f, probs = [], []
