@@ -320,6 +320,16 @@ def test_a_loss_not_finite_at_the_first_epoch_saves_nothing_and_keeps_the_old_ch
         main(tmp_path, '--epochs', 2)
     assert path.read_bytes() == before and not path.with_name('classifier.prev.pt').exists()
 
+def test_compare_blog_loop_runs_the_posts_layout_then_ours(tmp_path, fake_data, monkeypatch):
+    layouts = []   # whether a convolution's weight is channels-last, for each epoch timed
+    def records(model, *args):
+        w = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)  # (C', C, k, k)
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last))
+        return train_epoch(model, *args)
+    monkeypatch.setattr(train_py, 'train_epoch', records)
+    main(tmp_path, '--compare-blog-loop', 2)
+    assert layouts == [False, True, False, True]              # blog (the post's), then ours
+
 def test_compare_blog_loop_times_both_and_trains_nothing(tmp_path, fake_data, capsys):
     main(tmp_path, '--compare-blog-loop', 2)
     out = capsys.readouterr().out
