@@ -59,7 +59,7 @@ class Classifier(nn.Module):
         The blog plots those before it; the head reads those after it, and fid.py scores them."""
         # the blog's line is avg_pool2d(model.layers[:7](x), 4), flattened: every layer up to the
         # last convolution (all but the last level's ReLU and pooling), then that level's pooling
-        h = self.levels[:-2](x)                       # (B, 32, 8, 8)
+        h = self.levels[:-2](x)                       # (B, 32, 8, 8): the blog's layers[:7]
         relu, pool = self.levels[-2:]                 # ReLU, AvgPool2d(4)
         before = pool(h).flatten(1)                   # (B, 128)
         after = pool(relu(h)).flatten(1)              # (B, 128): self.levels(x), flattened

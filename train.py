@@ -60,27 +60,26 @@ def evaluate(model, x, y):
     logits = model(x)                                  # (N, 10)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).sum().item() / len(y)
 
-def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, log_every,
-          history, ckpt_path, config):
-    """The blog's outer loop: train epoch by epoch up to `epochs`, validate every log_every epochs
-    (epochs count from 1: the blog's (i + 1) % i_log) and at the last, save the checkpoint after
-    each. history holds a dict per epoch done ([] for a new run), and the run goes on after its
-    last; config is only stored in the checkpoint."""
-    device = next(model.parameters()).device          # the batches go where the model is
-    for epoch in range(len(history) + 1, epochs + 1):
+def train(model, optimizer, x_train, y_train, x_val, y_val, args, history):
+    """The blog's outer loop: train_epoch up to epoch args.epochs, the validation every
+    args.log_every epochs (the blog's i_log; epochs count from 1, as its (i + 1) % i_log) and at
+    the last, the checkpoint args.out_dir/classifier.pt saved after each. history holds a dict
+    per epoch done: [] for a new run; resume()'s, and the run goes on after its last."""
+    ckpt_path = Path(args.out_dir) / 'classifier.pt'
+    for epoch in range(len(history) + 1, args.epochs + 1):
         # one pass over the training set
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, device)
+        train_loss = train_epoch(model, optimizer, x_train, y_train, args.batch_size, args.device)
         dt = time.perf_counter() - t0
         # a NaN or infinite loss has ruined the weights: stop, the last good epoch kept on disk
         if not math.isfinite(train_loss):
             kept = f'{ckpt_path} holds epoch {epoch - 1}' if history else 'nothing was saved'
             raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}: '
                                      f'training stopped, {kept}; try a smaller --lr')
-        # the validation loss and accuracy, every log_every epochs (the blog's i_log) and the last
+        # the validation loss and accuracy, every log_every epochs and at the last
         line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
         val_loss = val_acc = None
-        if epoch % log_every == 0 or epoch == epochs:
+        if epoch % args.log_every == 0 or epoch == args.epochs:
             val_loss, val_acc = evaluate(model, x_val, y_val)
             line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
         history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
@@ -88,7 +87,7 @@ def train(model, optimizer, x_train, y_train, x_val, y_val, epochs, batch_size, 
         # the checkpoint, every epoch; a new run first moves the last run's to classifier.prev.pt
         if epoch == 1:
             keep_previous(ckpt_path)
-        save_checkpoint(ckpt_path, model, optimizer, history, config)
+        save_checkpoint(ckpt_path, model, optimizer, history, args)
         print(f'{line} | {dt:.2f} s | {len(x_train) / dt / 1000:.1f}k img/s', flush=True)
     return history
 
@@ -106,7 +105,7 @@ def plot_loss(history, path):
 
 def main(argv=None):
     args = parse_args(argv)  # the flags (at the end of the file); args.device: cuda, mps or cpu
-    out, ckpt_path = Path(args.out_dir), Path(args.out_dir) / 'classifier.pt'
+    out = Path(args.out_dir)
 
     # the data. The post keeps it on the host and copies each batch to the device; we copy it
     # there once, so that on a GPU each batch's .to(device) in train_epoch costs nothing
@@ -120,22 +119,20 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
-    config = {**vars(args), 'optimizer': type(optimizer).__name__}   # the checkpoint keeps it
-    print(f'network: {summary(model)} | optimizer: {config["optimizer"]}')   # shapes, counts
-    history = resume(ckpt_path, model, optimizer, config) if args.resume else []   # epochs done
+    print(f'network: {summary(model)} | optimizer: {type(optimizer).__name__}')  # shapes, counts
+    history = resume(model, optimizer, args) if args.resume else []   # the epochs done already
 
     # train, saving the checkpoint every epoch; then the blog's accuracy on the 10,000 test images
     t0, start = time.perf_counter(), len(history)
-    train(model, optimizer, x_train, y_train, x_val, y_val, args.epochs, args.batch_size,
-          args.log_every, history, ckpt_path, config)
+    train(model, optimizer, x_train, y_train, x_val, y_val, args, history)
     median = statistics.median(h['seconds'] for h in history[start:])   # s per epoch
     print(f'trained {args.epochs - start} epochs in {time.perf_counter() - t0:.0f} s on '
           f'{args.device} | median {median:.2f} s/epoch ({len(x_train) / median / 1e3:.1f}k img/s)')
     _, acc = evaluate(model, x_val, y_val)
     print(f'Model accuracy: {100 * acc:.2f}%')
     plot_loss(history, out / 'loss.png')
-    print(f'wrote {ckpt_path} (classifier {classifier_id(model)}, the name fid.py gives its '
-          f'numbers) and {out / "loss.png"}')
+    print(f'wrote {out / "classifier.pt"} (classifier {classifier_id(model)}, the name fid.py '
+          f'gives its numbers) and {out / "loss.png"}')
 
 # -----------------------------------------------------------------------------
 # beyond the blog: what main() changes in how the post runs its loop buys, measured
@@ -196,9 +193,13 @@ def keep_previous(path):
         print(f'kept {path} as {prev}' + (', replacing the one there' if prev.exists() else ''))
         path.replace(prev)
 
-def save_checkpoint(path, model, optimizer, history, config):
+def run_config(args, optimizer):
+    """What a checkpoint records of how it was trained: the flags and the optimizer's name."""
+    return {**vars(args), 'optimizer': type(optimizer).__name__}
+
+def save_checkpoint(path, model, optimizer, history, args):
     """Write the training state after history's last epoch to path, whole or not at all."""
-    last = history[-1]
+    last, config = history[-1], run_config(args, optimizer)
     cuda = config['device'].startswith('cuda')
     state = {'model': model.state_dict(), 'network': repr(model),   # its layers, as print(model)
              'optimizer': optimizer.state_dict(), 'config': config, 'history': history,
@@ -208,8 +209,9 @@ def save_checkpoint(path, model, optimizer, history, config):
              'made_by': f'python train.py, PyTorch {torch.__version__}, {config["device"]}'}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
-def resume(path, model, optimizer, config):
-    """Load path's checkpoint into model, optimizer and the random generators; its history."""
+def resume(model, optimizer, args):
+    """Load --out-dir's checkpoint into model, optimizer and the random generators; its history."""
+    path, config = Path(args.out_dir) / 'classifier.pt', run_config(args, optimizer)
     _, ckpt = load_classifier(path)  # none, or one of another network: one line
     # what changes what is learned must stay; --epochs only says where to stop
     old = ckpt['config']

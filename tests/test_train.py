@@ -5,6 +5,7 @@ and checkpoint, bit-for-bit resume after Ctrl-C (also a real one, on the real da
 on a NaN loss, and the command's refusals.
 """
 
+import argparse
 import signal
 import subprocess
 import sys
@@ -122,10 +123,11 @@ def fit(epochs=4, log_every=10, seed=0, lr=1e-2, batch_size=32):
     (x, y), (x_val, y_val) = synthetic(320), synthetic(100, seed=1)
     saved = []
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_py, 'save_checkpoint', lambda path, model, optimizer, history, config:
+        m.setattr(train_py, 'save_checkpoint', lambda path, model, optimizer, history, args:
                   saved.append([dict(e) for e in history]))
-        history = train(model, make_optimizer(model, lr), x, y, x_val[:, None], y_val, epochs,
-                        batch_size, log_every, [], Path('nowhere.pt'), {})
+        args = argparse.Namespace(epochs=epochs, batch_size=batch_size, log_every=log_every,
+                                  device='cpu', out_dir='nowhere')
+        history = train(model, make_optimizer(model, lr), x, y, x_val[:, None], y_val, args, [])
     return model, history, saved
 
 def test_the_loop_validates_every_log_every_epochs_and_saves_every_epoch(capsys):
