@@ -27,8 +27,8 @@ from model import POOLING, default_checkpoint, get_device, load_classifier, summ
 @torch.no_grad()
 def mean_activations(model, x, y):
     """The mean output of each pooling layer for each digit, over the images x (N, 1, 32, 32)
-    with digits y (N,), for a model in eval mode (load_classifier's). A dict: the layer's index in
-    model.levels -> a (10, C, H, W) tensor."""
+    with digits y (N,), for a model in eval mode. A dict: the layer's index in model.levels ->
+    a (10, C, H, W) tensor."""
     maps = {}
     for digit in range(10):
         # the blog's loop: a digit's images through the layers one by one (the blog's 0 to 8),
@@ -62,8 +62,9 @@ def plot_histograms(f, path, title, bins=100):
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    # the trained model in eval mode, as at the end of train.py (out/classifier.pt if you trained
-    # one, else the shared classifier), and its checkpoint: a dict of what train.py saved
+    # the trained model, in eval mode as at the end of train.py (out/classifier.pt if you trained
+    # one, else the shared classifier), and its checkpoint: the dict train.py saved, whose
+    # 'epoch' and 'val_acc' (the last epoch's) we print
     model, ckpt = load_classifier(args.checkpoint, args.device)
     acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')

@@ -20,12 +20,16 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # the blog's path: the IDX bytes -> arrays -> x in [0, 1], padded to 32x32 -> the sample figure
 
+# IDX element types (the header's third byte): bytes, then big-endian short, int, float, double
+IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
+              0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
+
 def parse_idx(raw, name):
     """The array stored in raw, the bytes of an IDX file; name is the file's, for errors."""
     check_idx(raw, name)  # only checks: after it, the header is valid and the data as declared
     # the header: two zero bytes, the element type (0x08 in MNIST: unsigned bytes), the number
     # of dimensions n, then the n sizes as big-endian 32-bit integers; then the elements, in order
-    dtype, n = IDX_DTYPES[raw[2]], raw[3]         # IDX_DTYPES[0x08]: np.uint8 (the table: below)
+    dtype, n = IDX_DTYPES[raw[2]], raw[3]
     shape = struct.unpack_from(f'>{n}I', raw, 4)                      # e.g. (60000, 28, 28)
     x = np.frombuffer(raw, dtype, offset=4 + 4 * n).reshape(shape)
     # a copy in this machine's byte order, and writable (torch.from_numpy warns on read-only)
@@ -124,10 +128,6 @@ SHA256 = {
 MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',        # torchvision's first choice
            'https://storage.googleapis.com/cvdf-datasets/mnist/',
            'http://yann.lecun.com/exdb/mnist/']                       # the original, often down
-
-# IDX element types (the header's third byte): bytes, then big-endian short, int, float, double
-IDX_DTYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
-              0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 def check_idx(raw, name):
     """Raise a ValueError naming the file unless raw is an IDX header and the bytes it declares."""

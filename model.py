@@ -8,8 +8,8 @@ section takes them.
     before, after = model.features(x)    # (B, 128) each: before and after the last ReLU
     model, ckpt = load_classifier()      # trained: out/classifier.pt, or the shared classifier
 
-It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters, as the code the blog prints (its text says
-16,554; the README says what we checked).
+It has 80 + 1,168 + 4,640 + 1,290 = 7,178 parameters, as the code the blog prints; the post's
+text says 16,554, which its code does not give. We follow the code.
 """
 
 import hashlib
@@ -104,9 +104,12 @@ def default_checkpoint():
     return TRAINED_CHECKPOINT if TRAINED_CHECKPOINT.is_file() else SHARED_CHECKPOINT
 
 def load_classifier(path=None, device='cpu'):
-    """(the classifier in eval mode, the checkpoint dict, with 'path') of a checkpoint written by
-    train.py; path None: default_checkpoint(). A checkpoint of another network than model.py
-    builds now is refused, even when its weights fit. Channels-last, as train.py trains."""
+    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py;
+    path None: default_checkpoint(). The dict holds 'model' (the weights), 'network', 'config',
+    'history', 'epoch', 'val_loss', 'val_acc' (None if that epoch was not validated), 'path', and
+    from train.py the optimizer's and random generators' states.
+    A checkpoint of another network than model.py builds now is refused, even when its weights
+    fit. Channels-last, as train.py trains."""
     path = default_checkpoint() if path is None else path
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')

@@ -54,29 +54,24 @@ def train_epoch(model, optimizer, x_train, y_train, batch_size, device):
 
 @torch.no_grad()
 def evaluate(model, x, y):
-    """The mean cross-entropy and the accuracy of model on images x (N, 1, 32, 32) and digits
+    """The mean cross-entropy and the accuracy of model on images x (N, 32, 32) and digits
     y (N,), in eval mode (no dropout): as in the blog, all images in one pass."""
     model.eval()
-    logits = model(x)                                  # (N, 10)
+    logits = model(x[:, None])                         # (N, 1, 32, 32) -> (N, 10)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).sum().item() / len(y)
 
 def train(model, optimizer, x_train, y_train, x_val, y_val, args, history):
     """The blog's outer loop: train_epoch up to epoch args.epochs, the validation every
     args.log_every epochs (the blog's i_log; epochs count from 1, as its (i + 1) % i_log) and at
-    the last, the checkpoint args.out_dir/classifier.pt saved after each. history holds a dict
-    per epoch done: [] for a new run; resume()'s, and the run goes on after its last."""
+    the last. Then ours: the checkpoint args.out_dir/classifier.pt after each epoch, which changes
+    nothing that is learned. history: a dict per epoch done, [] for a new run (resume() gives
+    the checkpoint's, and the run goes on after its last epoch)."""
     ckpt_path = Path(args.out_dir) / 'classifier.pt'
     for epoch in range(len(history) + 1, args.epochs + 1):
-        # one pass over the training set
+        # one pass over the training set, then the validation every log_every epochs and the last
         t0 = time.perf_counter()
         train_loss = train_epoch(model, optimizer, x_train, y_train, args.batch_size, args.device)
         dt = time.perf_counter() - t0
-        # a NaN or infinite loss has ruined the weights: stop, the last good epoch kept on disk
-        if not math.isfinite(train_loss):
-            kept = f'{ckpt_path} holds epoch {epoch - 1}' if history else 'nothing was saved'
-            raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}: '
-                                     f'training stopped, {kept}; try a smaller --lr')
-        # the validation loss and accuracy, every log_every epochs and at the last
         line = f'epoch {epoch:3d} | train loss {train_loss:.4f}'
         val_loss = val_acc = None
         if epoch % args.log_every == 0 or epoch == args.epochs:
@@ -84,7 +79,13 @@ def train(model, optimizer, x_train, y_train, x_val, y_val, args, history):
             line += f' | val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}%'
         history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                             val_acc=val_acc, seconds=dt))
-        # the checkpoint, every epoch; a new run first moves the last run's to classifier.prev.pt
+
+        # the checkpoint. A NaN or infinite loss has ruined the weights: stop, the last good
+        # epoch kept on disk. Else save; a new run first moves the last run's to classifier.prev.pt
+        if not math.isfinite(train_loss):
+            kept = f'{ckpt_path} holds epoch {epoch - 1}' if epoch > 1 else 'nothing was saved'
+            raise FloatingPointError(f'the train loss became {train_loss} at epoch {epoch}: '
+                                     f'training stopped, {kept}; try a smaller --lr')
         if epoch == 1:
             keep_previous(ckpt_path)
         save_checkpoint(ckpt_path, model, optimizer, history, args)
@@ -105,17 +106,18 @@ def plot_loss(history, path):
 
 def main(argv=None):
     args = parse_args(argv)  # the flags (at the end of the file); args.device: cuda, mps or cpu
+    if args.compare_blog_loop:  # beyond the blog: time the loop as the post runs it and as we do
+        return compare_loops(args)
     out = Path(args.out_dir)
 
     # the data. The post keeps it on the host and copies each batch to the device; we copy it
     # there once, so that on a GPU each batch's .to(device) in train_epoch costs nothing
     x_train, y_train, x_val, y_val = load_mnist(args.data_dir)   # (60000, 32, 32), (60000,), ...
-    if args.compare_blog_loop:  # time the loop as the post runs it and as we do, then stop
-        return compare_loops(x_train, y_train, args)
     x_train, y_train = x_train.to(args.device), y_train.to(args.device)
-    x_val, y_val = x_val[:, None].to(args.device), y_val.to(args.device)   # (10000, 1, 32, 32)
+    x_val, y_val = x_val.to(args.device), y_val.to(args.device)  # (10000, 32, 32), (10000,)
 
-    # the model. channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU
+    # the model. channels_last memory (NHWC: a pixel's channels side by side) is faster on a CPU;
+    # its input may stay as it is (NCHW), PyTorch converts it
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
@@ -137,9 +139,10 @@ def main(argv=None):
 # -----------------------------------------------------------------------------
 # beyond the blog: what main() changes in how the post runs its loop buys, measured
 
-def compare_loops(x_train, y_train, args):
+def compare_loops(args):
     """Alternate epochs of train_epoch as the post runs it (the data on the host, the default
     memory layout) and as main() does (the data on the device, a channels-last model)."""
+    x_train, y_train, _, _ = load_mnist(args.data_dir)
     torch.manual_seed(args.seed)
     runs = {'blog': (x_train, y_train, torch.preserve_format),
             'ours': (x_train.to(args.device), y_train.to(args.device), torch.channels_last)}

@@ -105,10 +105,10 @@ def test_train_epoch_equals_a_loop_written_here():
 def test_evaluate_equals_a_direct_computation():
     torch.manual_seed(0)
     model = Classifier().train()                      # dropout on: evaluate switches it off
-    x, y = torch.rand(23, 1, 32, 32), torch.randint(0, 10, (23,))
+    x, y = torch.rand(23, 32, 32), torch.randint(0, 10, (23,))   # as load_mnist gives them
     loss, acc = evaluate(model, x, y)
     with torch.no_grad():
-        logits = model.eval()(x)
+        logits = model.eval()(x[:, None])
     assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
     assert acc == (logits.argmax(1) == y).sum().item() / 23
 
@@ -127,7 +127,7 @@ def fit(epochs=4, log_every=10, seed=0, lr=1e-2, batch_size=32):
                   saved.append([dict(e) for e in history]))
         args = argparse.Namespace(epochs=epochs, batch_size=batch_size, log_every=log_every,
                                   device='cpu', out_dir='nowhere')
-        history = train(model, make_optimizer(model, lr), x, y, x_val[:, None], y_val, args, [])
+        history = train(model, make_optimizer(model, lr), x, y, x_val, y_val, args, [])
     return model, history, saved
 
 def test_the_loop_validates_every_log_every_epochs_and_saves_every_epoch(capsys):
@@ -138,7 +138,7 @@ def test_the_loop_validates_every_log_every_epochs_and_saves_every_epoch(capsys)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f'epoch   1 | train loss {history[0]["train_loss"]:.4f} | ')
     x_val, y_val = synthetic(100, seed=1)
-    val_loss, val_acc = evaluate(model, x_val[:, None], y_val)
+    val_loss, val_acc = evaluate(model, x_val, y_val)
     assert (val_loss, val_acc) == (history[-1]['val_loss'], history[-1]['val_acc'])
     assert f'| val loss {val_loss:.4f} | val acc {100 * val_acc:.2f}% |' in lines[4]
 
@@ -386,6 +386,6 @@ def test_the_final_accuracy_is_on_the_validation_set(tmp_path, fake_data, monkey
     monkeypatch.setattr(train_py, 'evaluate', spy)
     path = main(tmp_path)
     x_val, y_val = synthetic(100, seed=1)
-    _, acc = evaluate(load_classifier(path)[0], x_val[:, None], y_val)
+    _, acc = evaluate(load_classifier(path)[0], x_val, y_val)
     assert seen == [100, 100]                       # at the last epoch, then "Model accuracy"
     assert f'Model accuracy: {100 * acc:.2f}%' in capsys.readouterr().out
