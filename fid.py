@@ -58,9 +58,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)). Biased upwards
     for small sets, roughly like 1/N: compare at one N (test digits: about 0.3 at N = 10,000)."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(a).double() for a in (mu1, sigma1, mu2, sigma2))
-    # tr(sqrt(sigma1 sigma2)) is the sum of the square roots of the eigenvalues of sigma1 sigma2.
-    # They are those of sqrt(sigma1) sigma2 sqrt(sigma1), a covariance too, so real and >= 0;
-    # rounding leaves tiny imaginary parts, which .real drops
+    # tr(sqrt(sigma1 sigma2)), the value scipy's trace(sqrtm(sigma1 @ sigma2)) gives, is the sum of
+    # the square roots of the eigenvalues of sigma1 sigma2. They are those of sqrt(sigma1) sigma2
+    # sqrt(sigma1), a covariance too, so real and >= 0; .real drops rounding's tiny imaginary parts
     tr_sqrt = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
     fd = ((mu1 - mu2) ** 2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
     return max(fd.item(), 0.0)  # the true value is >= 0; clip the rounding below it

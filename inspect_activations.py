@@ -62,9 +62,8 @@ def plot_histograms(f, path, title, bins=100):
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
     t0, out = time.perf_counter(), Path(args.out_dir)
-    # the trained model, in eval mode as at the end of train.py (out/classifier.pt if you trained
-    # one, else the shared classifier), and its checkpoint: the dict train.py saved, whose
-    # 'epoch' and 'val_acc' (the last epoch's) we print
+    # the trained model in eval mode (out/classifier.pt if you trained one, else the shared
+    # classifier), and its checkpoint: the dict train.py saved; we print its epoch and val_acc
     model, ckpt = load_classifier(args.checkpoint, args.device)
     acc = '' if ckpt['val_acc'] is None else f', val acc {ckpt["val_acc"]:.2%}'
     print(f'loaded {args.checkpoint} (epoch {ckpt["epoch"]}{acc}) | network: {summary(model)}')

@@ -32,7 +32,7 @@ def parse_idx(raw, name):
     dtype, n = IDX_DTYPES[raw[2]], raw[3]
     shape = struct.unpack_from(f'>{n}I', raw, 4)                      # e.g. (60000, 28, 28)
     x = np.frombuffer(raw, dtype, offset=4 + 4 * n).reshape(shape)
-    # a copy in this machine's byte order, and writable (torch.from_numpy warns on read-only)
+    # a writable copy (from_numpy warns on read-only), in this machine's byte order (uint8: as is)
     return x.astype(dtype.newbyteorder('='))
 
 def load_mnist(data_dir='data'):

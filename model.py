@@ -104,12 +104,10 @@ def default_checkpoint():
     return TRAINED_CHECKPOINT if TRAINED_CHECKPOINT.is_file() else SHARED_CHECKPOINT
 
 def load_classifier(path=None, device='cpu'):
-    """(the classifier in eval mode, the checkpoint dict) of a checkpoint written by train.py;
-    path None: default_checkpoint(). The dict holds 'model' (the weights), 'network', 'config',
-    'history', 'epoch', 'val_loss', 'val_acc' (None if that epoch was not validated), 'path', and
-    from train.py the optimizer's and random generators' states.
-    A checkpoint of another network than model.py builds now is refused, even when its weights
-    fit. Channels-last, as train.py trains."""
+    """(the classifier in eval mode and channels-last, as train.py trains, and the checkpoint dict)
+    of train.py's checkpoint at path (None: default_checkpoint()). The dict: 'model', 'network',
+    'config', 'history', 'epoch', 'val_loss', 'val_acc' (None if not validated), 'path', ...
+    A checkpoint of another network than model.py builds now is refused, even if its weights fit."""
     path = default_checkpoint() if path is None else path
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint; python train.py writes one')

@@ -63,9 +63,8 @@ def evaluate(model, x, y):
 def train(model, optimizer, x_train, y_train, x_val, y_val, args, history):
     """The blog's outer loop: train_epoch up to epoch args.epochs, the validation every
     args.log_every epochs (the blog's i_log; epochs count from 1, as its (i + 1) % i_log) and at
-    the last. Then ours: the checkpoint args.out_dir/classifier.pt after each epoch, which changes
-    nothing that is learned. history: a dict per epoch done, [] for a new run (resume() gives
-    the checkpoint's, and the run goes on after its last epoch)."""
+    the last. Then ours: the checkpoint args.out_dir/classifier.pt after each epoch; it changes
+    nothing that is learned. history: a dict per epoch done ([] for a new run, or resume()'s)."""
     ckpt_path = Path(args.out_dir) / 'classifier.pt'
     for epoch in range(len(history) + 1, args.epochs + 1):
         # one pass over the training set, then the validation every log_every epochs and the last
@@ -93,7 +92,7 @@ def train(model, optimizer, x_train, y_train, x_val, y_val, args, history):
     return history
 
 def plot_loss(history, path):
-    """The blog's loss figure: the train and validation loss against the epoch."""
+    """The blog's loss figure: the train loss (of every epoch) and validation loss by epoch."""
     from matplotlib.figure import Figure  # not pyplot: nothing opens a window
     ax = Figure(figsize=(6, 4)).subplots()
     val = [h for h in history if h['val_loss'] is not None]
@@ -121,7 +120,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = Classifier().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args.lr)
-    print(f'network: {summary(model)} | optimizer: {type(optimizer).__name__}')  # shapes, counts
+    print(f'network: {summary(model)} | optimizer: {type(optimizer).__name__}')  # see model.summary
     history = resume(model, optimizer, args) if args.resume else []   # the epochs done already
 
     # train, saving the checkpoint every epoch; then the blog's accuracy on the 10,000 test images
@@ -130,7 +129,7 @@ def main(argv=None):
     median = statistics.median(h['seconds'] for h in history[start:])   # s per epoch
     print(f'trained {args.epochs - start} epochs in {time.perf_counter() - t0:.0f} s on '
           f'{args.device} | median {median:.2f} s/epoch ({len(x_train) / median / 1e3:.1f}k img/s)')
-    _, acc = evaluate(model, x_val, y_val)
+    _, acc = evaluate(model, x_val, y_val)     # the last epoch's val acc, printed as the post does
     print(f'Model accuracy: {100 * acc:.2f}%')
     plot_loss(history, out / 'loss.png')
     print(f'wrote {out / "classifier.pt"} (classifier {classifier_id(model)}, the name fid.py '
