@@ -9,7 +9,6 @@ small helpers every script shares (figures, downloads, safe writes, errors).
     x_train, y_train, x_val, y_val = load_mnist()   # (60000, 32, 32), (60000,), (10000, ...
 """
 
-import math
 import struct
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def plot_samples(x, y, path, per_digit=10, seed=0):
         for ax, i in zip(axes[digit], torch.randperm(len(x_digit), generator=g)[:per_digit]):
             ax.imshow(x_digit[i].numpy(), cmap='gray', vmin=0, vmax=1)
             ax.axis('off')
-    save_figure(fig, path)
+    save_figure(fig, path)  # a PNG at path, written whole or not at all
 
 def main(argv=None):
     args = parse_args(argv)  # the flags, at the end of the file
@@ -114,6 +113,7 @@ import argparse
 import gzip
 import hashlib
 import http.client
+import math
 import sys
 import tempfile
 import urllib.request
