@@ -333,7 +333,8 @@ def test_compare_blog_loop_runs_the_posts_layout_then_ours(tmp_path, fake_data, 
     assert layouts == [False, True, False, True]              # blog (the post's), then ours
 
 def test_compare_blog_loop_times_both_and_trains_nothing(tmp_path, fake_data, capsys):
-    main(tmp_path, '--compare-blog-loop', 2)
+    main(tmp_path, '--compare-blog-loop', 2, '--data-dir', 'elsewhere')
+    assert fake_data == ['elsewhere']                 # its own data, from --data-dir, once
     out = capsys.readouterr().out
     assert out.count('| blog loop |') == 2 and out.count('| ours loop |') == 2
     assert 'median over 2 epochs on cpu: blog loop' in out
